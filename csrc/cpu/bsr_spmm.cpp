@@ -1,0 +1,106 @@
+// bsr_spmm_cpu: out = S @ dense, with S made of kept bh×bw blocks (BSR) and dense feature-major (n_cols, B).
+//
+// Forward (Yᵀ = W Xᵀ) and, on the transposed layout with transposed blocks, the input gradient.
+// Work is (kept blocks × bh × bw) × B multiply-adds; pruned blocks are never visited.
+//
+// Tiling: threads split the block rows. For a batch chunk of kChunk columns, kRows output rows of a block
+// row are accumulated in registers (kRows × kChunk: 16 AVX-512 registers for float); for each kept block
+// and each of its bw columns j, one row dense[c·bw + j, chunk] is loaded once and feeds kRows FMAs. So a
+// block mask reuses every load kRows times, where an unstructured mask reuses it once: that is why blocks
+// pay at lower sparsity than CSR.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "kernels.h"
+#include "partition.h"
+
+namespace sparsekern {
+namespace {
+
+template <typename T>
+constexpr int64_t kChunk = 256 / sizeof(T);
+constexpr int64_t kRows = 4;
+
+// Rows [r0, r0+R) of one block row, one batch chunk of `width` columns, over its kept blocks [begin, end).
+template <typename T, int64_t R>
+inline void block_rows_times_dense(const T* __restrict values, int64_t bh, int64_t bw, const int32_t* __restrict cols,
+                                   int64_t begin, int64_t end, int64_t r0, const T* __restrict dense, int64_t ld,
+                                   int64_t width, T* __restrict out) {
+  constexpr int64_t C = kChunk<T>;
+  T acc[R][C];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < C; ++j) acc[r][j] = T(0);
+  for (int64_t k = begin; k < end; ++k) {
+    const T* block = values + k * bh * bw + r0 * bw;
+    const T* x_block = dense + static_cast<int64_t>(cols[k]) * bw * ld;
+    for (int64_t c = 0; c < bw; ++c) {
+      const T* x = x_block + c * ld;
+      T v[R];
+      for (int64_t r = 0; r < R; ++r) v[r] = block[r * bw + c];
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        const T xj = x[j];
+        for (int64_t r = 0; r < R; ++r) acc[r][j] += v[r] * xj;
+      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) out[r * ld + j] = acc[r][j];
+  }
+}
+
+template <typename T>
+void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
+                     int64_t n_block_rows, const T* dense, int64_t batch, T* out) {
+  constexpr int64_t C = kChunk<T>;
+  parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t b0 = 0; b0 < batch; b0 += C) {
+      const int64_t width = std::min(C, batch - b0);
+      for (int64_t R = row_begin; R < row_end; ++R) {
+        const int64_t begin = offsets[R], end = offsets[R + 1];
+        for (int64_t r0 = 0; r0 < bh; r0 += kRows) {
+          T* o = out + (R * bh + r0) * batch + b0;
+          const T* d = dense + b0;
+          switch (std::min(kRows, bh - r0)) {
+            case 4: block_rows_times_dense<T, 4>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
+            case 3: block_rows_times_dense<T, 3>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
+            case 2: block_rows_times_dense<T, 2>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
+            default: block_rows_times_dense<T, 1>(values, bh, bw, cols, begin, end, r0, d, batch, width, o);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor bsr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
+  const LayoutShape shape =
+      check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
+  check_float(values, "values");
+  TORCH_CHECK_VALUE(values.dim() == 3 && values.size(0) == shape.nnz, "values: expected (nnzb=", shape.nnz,
+                    ", bh, bw), got shape ", values.sizes());
+  const int64_t bh = values.size(1), bw = values.size(2);
+  check_dense(dense, "dense", values.scalar_type(), shape.n_cols * bw);
+  const at::Tensor v = values.contiguous();
+  const at::Tensor d = dense.contiguous();
+  const int64_t batch = d.size(1);
+  at::Tensor out = at::empty({shape.n_rows * bh, batch}, d.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "bsr_spmm_cpu", [&] {
+    bsr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), bh, bw, row_offsets.data_ptr<int32_t>(),
+                              col_indices.data_ptr<int32_t>(), shape.n_rows, d.data_ptr<scalar_t>(), batch,
+                              out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(sparsekern, CPU, m) { m.impl("bsr_spmm", &bsr_spmm_cpu); }
+
+}  // namespace sparsekern

@@ -1,0 +1,25 @@
+// The CPU kernels, callable directly (C++ tests) as well as through the dispatcher (sparsekern:: ops).
+// Semantics and argument order match sparsekern/_ops.py; dense operands are feature-major (features, B).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace sparsekern {
+
+at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense);
+
+at::Tensor csr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_offsets,
+                         const at::Tensor& col_indices, const at::Tensor& t_row_offsets,
+                         const at::Tensor& t_col_indices, const at::Tensor& t_perm, const at::Tensor& t_perm_inv);
+
+at::Tensor bsr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense);
+
+at::Tensor bsr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_offsets,
+                         const at::Tensor& col_indices, const at::Tensor& t_row_offsets,
+                         const at::Tensor& t_col_indices, const at::Tensor& t_perm, const at::Tensor& t_perm_inv);
+
+}  // namespace sparsekern

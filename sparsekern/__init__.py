@@ -1,0 +1,16 @@
+"""sparsekern: sparse training that skips pruned weights in the forward pass and both gradients.
+
+Quick start::
+
+    import sparsekern
+    layer = sparsekern.SparseLinear(512, 256, mask=mask)          # mask: bool (256, 512)
+    model = sparsekern.sparsify(model, {"fc.weight": mask})        # swap layers of any model
+"""
+from . import _ops  # noqa: F401  (defines the sparsekern:: ops before the extension registers kernels)
+from ._extension import AVAILABLE as extension_available
+from .layout import BSRLayout, CSRLayout
+from .nn import SparseLinear, sparsify
+
+__version__ = "0.1.0"
+
+__all__ = ["SparseLinear", "sparsify", "CSRLayout", "BSRLayout", "extension_available", "__version__"]

@@ -1,0 +1,211 @@
+"""THE op registry: every sparsekern schema, fake (meta) kernel and autograd formula lives here.
+
+The op set is closed: the backward of each op is written with the ops themselves, so first and higher
+derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come for free.
+
+    csr_spmm(values, layout..., dense)  -> S @ dense           (n_rows, B)
+    csr_sddmm(a, b, layout...)          -> (a @ bᵀ)[kept]       (nnz,)
+    bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
+
+``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
+row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
+feature-major ``(features, B)``; see ``reference.py`` for the exact definitions.
+
+The pure-PyTorch reference is registered for every device (CompositeExplicitAutograd); the compiled
+extension, when present, overrides it per device (``TORCH_LIBRARY_IMPL(sparsekern, CPU, m)``).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+_LAYOUT_ARGS = ("Tensor row_offsets, Tensor col_indices, Tensor t_row_offsets, Tensor t_col_indices, "
+                "Tensor t_perm, Tensor t_perm_inv")
+
+SCHEMAS = {
+    "csr_spmm": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense) -> Tensor",
+    "csr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
+    "bsr_spmm": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense) -> Tensor",
+    "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
+}
+
+_lib = torch.library.Library("sparsekern", "DEF")
+for _name, _schema in SCHEMAS.items():
+    _lib.define(_name + _schema)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+# Shared by the reference and the fakes, so a bad call fails the same way eagerly and under compile.
+
+def _check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    for name, t in (("row_offsets", row_offsets), ("col_indices", col_indices),
+                    ("t_row_offsets", t_row_offsets), ("t_col_indices", t_col_indices)):
+        if t.dtype != torch.int32 or t.dim() != 1:
+            raise TypeError(f"{name}: expected a 1-D int32 tensor, got {t.dtype} with shape {tuple(t.shape)}")
+    for name, t in (("t_perm", t_perm), ("t_perm_inv", t_perm_inv)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name}: expected a 1-D int64 tensor, got {t.dtype} with shape {tuple(t.shape)}")
+    nnz = col_indices.shape[0]
+    if t_col_indices.shape[0] != nnz or t_perm.shape[0] != nnz or t_perm_inv.shape[0] != nnz:
+        raise ValueError(f"layout: col_indices, t_col_indices, t_perm and t_perm_inv must all have nnz="
+                         f"{nnz} entries, got {t_col_indices.shape[0]}, {t_perm.shape[0]}, {t_perm_inv.shape[0]}")
+    return row_offsets.shape[0] - 1, t_row_offsets.shape[0] - 1, nnz
+
+
+def _check_dense(name, t, dtype, rows):
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D (features, batch) tensor, got shape {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (same as the values), got {t.dtype}")
+    if t.shape[0] != rows:
+        raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(t.shape)}")
+
+
+def _check_values_dtype(name, t):
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name}: expected float32 or float64, got {t.dtype}")
+
+
+def _check_spmm(values, layout, dense, block):
+    n_rows, n_cols, nnz = _check_layout(*layout)
+    _check_values_dtype("values", values)
+    bh = bw = 1
+    if block:
+        if values.dim() != 3 or values.shape[0] != nnz:
+            raise ValueError(f"values: expected (nnzb={nnz}, bh, bw), got shape {tuple(values.shape)}")
+        bh, bw = values.shape[1], values.shape[2]
+    elif values.dim() != 1 or values.shape[0] != nnz:
+        raise ValueError(f"values: expected shape ({nnz},), got {tuple(values.shape)}")
+    _check_dense("dense", dense, values.dtype, n_cols * bw)
+    return n_rows * bh
+
+
+def _check_sddmm(a, b, layout, block):
+    n_rows, n_cols, nnz = _check_layout(*layout)
+    _check_values_dtype("a", a)
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"a, b: expected 2-D (features, batch) tensors, got shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"b: expected dtype {a.dtype} (same as a), got {b.dtype}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a, b: batch sizes differ: {a.shape[1]} and {b.shape[1]}")
+    if not block:
+        _check_dense("a", a, a.dtype, n_rows)
+        _check_dense("b", b, a.dtype, n_cols)
+        return (nnz,)
+    for name, t, n in (("a", a, n_rows), ("b", b, n_cols)):
+        if n == 0 or t.shape[0] % n:
+            raise ValueError(f"{name}: {t.shape[0]} rows do not split into {n} block rows")
+    return (nnz, a.shape[0] // n_rows, b.shape[0] // n_cols)
+
+
+# ----------------------------------------------------------------------------- reference (all devices)
+
+@torch.library.impl(_lib, "csr_spmm", "CompositeExplicitAutograd")
+def _csr_spmm_reference(values, *args):
+    *layout, dense = args
+    _check_spmm(values, layout, dense, block=False)
+    return reference.csr_spmm(values, *layout, dense)
+
+
+@torch.library.impl(_lib, "csr_sddmm", "CompositeExplicitAutograd")
+def _csr_sddmm_reference(a, b, *layout):
+    _check_sddmm(a, b, layout, block=False)
+    return reference.csr_sddmm(a, b, *layout)
+
+
+@torch.library.impl(_lib, "bsr_spmm", "CompositeExplicitAutograd")
+def _bsr_spmm_reference(values, *args):
+    *layout, dense = args
+    _check_spmm(values, layout, dense, block=True)
+    return reference.bsr_spmm(values, *layout, dense)
+
+
+@torch.library.impl(_lib, "bsr_sddmm", "CompositeExplicitAutograd")
+def _bsr_sddmm_reference(a, b, *layout):
+    _check_sddmm(a, b, layout, block=True)
+    return reference.bsr_sddmm(a, b, *layout)
+
+
+# ------------------------------------------------------------------------------------------------ fakes
+
+def _fake_spmm(block):
+    def fake(values, *args):
+        *layout, dense = args
+        return dense.new_empty(_check_spmm(values, layout, dense, block), dense.shape[1])
+    return fake
+
+
+def _fake_sddmm(block):
+    def fake(a, b, *layout):
+        return a.new_empty(_check_sddmm(a, b, layout, block))
+    return fake
+
+
+torch.library.register_fake("sparsekern::csr_spmm", _fake_spmm(False), lib=_lib)
+torch.library.register_fake("sparsekern::bsr_spmm", _fake_spmm(True), lib=_lib)
+torch.library.register_fake("sparsekern::csr_sddmm", _fake_sddmm(False), lib=_lib)
+torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
+
+csr_spmm = torch.ops.sparsekern.csr_spmm.default
+csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
+bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
+bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
+
+
+# --------------------------------------------------------------------------------------------- autograd
+# Transposed layout: swap the CSR and CSC halves, and the permutation with its inverse.
+
+def _transposed(layout):
+    row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv = layout
+    return (t_row_offsets, t_col_indices, row_offsets, col_indices, t_perm_inv, t_perm)
+
+
+def _transposed_values(values, t_perm, block):
+    values_t = values.index_select(0, t_perm)
+    return values_t.transpose(1, 2).contiguous() if block else values_t
+
+
+def _spmm_autograd(spmm, sddmm, block):
+    def setup_context(ctx, inputs, output):
+        values, *layout, dense = inputs
+        ctx.save_for_backward(values, dense, *layout)
+
+    def backward(ctx, grad):
+        values, dense, *layout = ctx.saved_tensors
+        grad = grad.contiguous()  # one copy, shared by both gradients below
+        d_values = d_dense = None
+        if ctx.needs_input_grad[-1]:
+            d_dense = spmm(_transposed_values(values, layout[4], block), *_transposed(layout), grad)
+        if ctx.needs_input_grad[0]:
+            d_values = sddmm(grad, dense, *layout)
+        return (d_values, *([None] * 6), d_dense)
+
+    return backward, setup_context
+
+
+def _sddmm_autograd(spmm, block):
+    def setup_context(ctx, inputs, output):
+        a, b, *layout = inputs
+        ctx.save_for_backward(a, b, *layout)
+
+    def backward(ctx, grad):
+        a, b, *layout = ctx.saved_tensors
+        grad = grad.contiguous()
+        d_a = d_b = None
+        if ctx.needs_input_grad[0]:
+            d_a = spmm(grad, *layout, b)
+        if ctx.needs_input_grad[1]:
+            d_b = spmm(_transposed_values(grad, layout[4], block), *_transposed(layout), a)
+        return (d_a, d_b, *([None] * 6))
+
+    return backward, setup_context
+
+
+for _op, _spmm, _sddmm, _block in (("csr", csr_spmm, csr_sddmm, False), ("bsr", bsr_spmm, bsr_sddmm, True)):
+    _bw, _setup = _spmm_autograd(_spmm, _sddmm, _block)
+    torch.library.register_autograd(f"sparsekern::{_op}_spmm", _bw, setup_context=_setup, lib=_lib)
+    _bw, _setup = _sddmm_autograd(_spmm, _block)
+    torch.library.register_autograd(f"sparsekern::{_op}_sddmm", _bw, setup_context=_setup, lib=_lib)

@@ -1,0 +1,6 @@
+"""Drop-in sparse modules and the function that swaps them into a model."""
+from .backend import BACKENDS
+from .linear import SparseLinear
+from .sparsify import sparsify
+
+__all__ = ["SparseLinear", "sparsify", "BACKENDS"]

@@ -1,0 +1,33 @@
+"""Which backend a sparse layer runs: the sparse kernels or the dense masked GEMM.
+
+``"sparse"`` runs the sparsekern ops (compiled kernel where one exists, else the reference).
+``"dense"`` is the named dense fallback: it scatters the kept values into a dense weight and calls the dense
+GEMM (MKL/cuBLAS). It skips nothing; it exists because at low sparsity a dense GEMM is faster.
+``"auto"`` picks the sparse kernels at and above the sparsity where they start to win on this machine.
+"""
+from __future__ import annotations
+
+from .. import _extension
+
+BACKENDS = ("auto", "sparse", "dense")
+
+# Smallest sparsity at which the compiled CPU kernels beat dense MKL in forward+backward, per layout.
+# Measured with `python -m benchmarks.run --suite crossover` (benchmarks/results/crossover_cpu.md):
+# 2 threads, float32, the three benchmark shapes; the threshold is the lowest sparsity at which the sparse
+# kernels were at least as fast as dense on every shape.
+CPU_MIN_SPARSITY = {"csr": 0.7, "bsr": 0.5}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str) -> str:
+    """The backend ``"auto"`` stands for, given the layer's layout kind ("csr"/"bsr") and sparsity."""
+    if backend != "auto":
+        return backend
+    if not _extension.has_compiled_kernels(device_type):
+        return "dense"
+    return "sparse" if sparsity >= CPU_MIN_SPARSITY[layout_kind] else "dense"

@@ -1,0 +1,230 @@
+"""SparseLinear: a drop-in ``nn.Linear`` whose pruned weights are never stored, multiplied or updated.
+
+Trainable state is ``weight_values`` (one entry per kept weight, in the mask's row-major order, i.e.
+``dense_weight[mask]``) and ``bias``; gradients and optimizer state are therefore sized by the kept count.
+The ``mask`` buffer (bool, weight-shaped) is saved with the state_dict; the layout index tensors are derived
+from it (non-persistent buffers, rebuilt whenever the mask changes).
+
+Activations flow feature-major through the sparse path: the kernels compute ``Yᵀ = W Xᵀ`` and the layer
+returns ``Y`` as a transposed view, so a stack of SparseLinear + elementwise layers never copies activations
+between layers (elementwise ops keep the transposed strides).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _ops
+from ..layout import BSRLayout, CSRLayout
+from ..validation import FLOAT_DTYPES, check_mask
+from .backend import check_backend, resolve_backend
+
+_CSR_BUFFERS = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
+
+
+class SparseLinear(nn.Module):
+    """``y = x Wᵀ + b`` with ``W`` zero outside ``mask``; the zeros are skipped in all three GEMMs.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
+        mask: bool (or 0/1) tensor of shape ``(out_features, in_features)``; ``True`` keeps a weight.
+            ``None`` keeps every weight.
+        block_size: ``None`` for an unstructured mask (CSR kernels), or ``(bh, bw)`` / ``b`` when the mask is
+            made of whole ``bh×bw`` blocks (BSR kernels); ``bh``/``bw`` must divide the weight's shape.
+        backend: ``"auto"`` (sparse kernels above the measured crossover sparsity, dense below),
+            ``"sparse"`` or ``"dense"`` (named dense fallback: scatter the kept values, dense GEMM).
+
+    Input ``(*, in_features)`` float32/float64 → output ``(*, out_features)``. Initialisation matches
+    ``nn.Linear`` (Kaiming-uniform over the dense fan-in), restricted to the kept weights.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 mask=None, block_size=None, backend: str = "auto"):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = check_backend(backend)
+        self.block_size = None if block_size is None else _pair(block_size)
+        shape = (out_features, in_features)
+        if mask is None:
+            mask = torch.ones(shape, dtype=torch.bool, device=device)
+        mask = check_mask(mask, "mask", shape=shape).to(device=device)
+
+        dense = torch.empty(shape, device=device, dtype=dtype)
+        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Linear's init, then keep the masked entries
+        self.register_buffer("mask", mask)
+        self.weight_values = nn.Parameter(dense[mask])
+        if bias:
+            bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+        self._build_layout(mask)
+
+    # ------------------------------------------------------------------------------------------ layout
+    def _build_layout(self, mask: torch.Tensor) -> None:
+        """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
+        if self.block_size is None:
+            layout = CSRLayout.from_mask(mask)
+            tensors, from_elements = layout.tensors(), None
+        else:
+            layout = BSRLayout.from_mask(mask, self.block_size)
+            tensors, from_elements = layout.tensors(), layout.from_elements
+        for name, tensor in zip(_CSR_BUFFERS, tensors):
+            self.register_buffer("_layout_" + name, tensor, persistent=False)
+        self.register_buffer("_layout_from_elements", from_elements, persistent=False)
+        flat = mask.reshape(-1).nonzero().reshape(-1)
+        self.register_buffer("_kept_flat_index", flat, persistent=False)
+
+    def _layout_tensors(self):
+        return tuple(getattr(self, "_layout_" + name) for name in _CSR_BUFFERS)
+
+    def set_mask(self, mask) -> None:
+        """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
+
+        The ``weight_values`` Parameter object stays the same (its data is resized), so rebuild optimizer
+        state after calling this.
+        """
+        mask = check_mask(mask, "mask", shape=(self.out_features, self.in_features), device=self.mask.device)
+        new_values = self.dense_weight().detach()[mask]
+        self.mask = mask.clone()
+        self._build_layout(self.mask)
+        self.weight_values.data = new_values
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def nnz(self) -> int:
+        return self.weight_values.numel()
+
+    @property
+    def density(self) -> float:
+        total = self.out_features * self.in_features
+        return self.nnz / total if total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def layout_kind(self) -> str:
+        return "csr" if self.block_size is None else "bsr"
+
+    def resolved_backend(self, device_type: str | None = None) -> str:
+        """What ``backend`` means for this layer on ``device_type`` (default: where the weights are)."""
+        device_type = device_type or self.weight_values.device.type
+        return resolve_backend(self.backend, self.layout_kind, self.sparsity, device_type)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The ``(out_features, in_features)`` weight with zeros at pruned positions (differentiable).
+
+        For inspection, export and the dense backend; the sparse path never calls it.
+        """
+        if self.nnz == self.mask.numel():
+            return self.weight_values.view(self.out_features, self.in_features)
+        flat = self.weight_values.new_zeros(self.mask.numel())
+        return flat.index_put((self._kept_flat_index,), self.weight_values).view_as(self.mask)
+
+    # ------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        leading = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        if self.resolved_backend(x.device.type) == "dense":
+            y2d = F.linear(x2d, self.dense_weight(), self.bias)
+        else:
+            y2d = self._sparse_forward(x2d)
+        return y2d.reshape(*leading, self.out_features)
+
+    def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        xt = x2d.t().contiguous()  # feature-major (in_features, B); free when x is already a transposed view
+        layout = self._layout_tensors()
+        if self.block_size is None:
+            yt = _ops.csr_spmm(self.weight_values, *layout, xt)
+        else:
+            bh, bw = self.block_size
+            blocks = self.weight_values.index_select(0, self._layout_from_elements).view(-1, bh, bw)
+            yt = _ops.bsr_spmm(blocks, *layout, xt)
+        if self.bias is not None:
+            yt = yt + self.bias[:, None]
+        return yt.t()
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input: expected last dimension in_features={self.in_features}, got shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.weight_values.dtype:
+            raise TypeError(f"input: expected dtype {self.weight_values.dtype} (the layer's), got {x.dtype}")
+        if x.device != self.weight_values.device:
+            raise ValueError(f"input: expected a tensor on {self.weight_values.device}, got one on {x.device}")
+
+    # ------------------------------------------------------------------------------------ dense interop
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask=None, *, block_size=None, backend: str = "auto") -> "SparseLinear":
+        """A SparseLinear holding ``linear``'s weights at the kept positions of ``mask`` (and its bias)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=weight.device, dtype=weight.dtype, mask=mask, block_size=block_size, backend=backend)
+        with torch.no_grad():
+            layer.weight_values.copy_(weight[layer.mask])
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same function (zeros at pruned positions)."""
+        weight = self.weight_values
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        mask_key, values_key, dense_key = prefix + "mask", prefix + "weight_values", prefix + "weight"
+        if mask_key in state_dict:
+            mask = check_mask(state_dict[mask_key], mask_key, shape=self.mask.shape)
+            if not torch.equal(mask.to(self.mask.device), self.mask):
+                self.mask = mask.to(self.mask.device).clone()
+                self._build_layout(self.mask)
+                self.weight_values.data = self.weight_values.data.new_empty(int(self.mask.sum()))
+        if dense_key in state_dict and values_key not in state_dict:
+            # A dense nn.Linear checkpoint: keep its weights at this layer's kept positions.
+            dense = state_dict.pop(dense_key)
+            if tuple(dense.shape) != tuple(self.mask.shape):
+                error_msgs.append(f"{dense_key}: expected shape {tuple(self.mask.shape)}, got {tuple(dense.shape)}")
+                return
+            state_dict[values_key] = dense.to(self.mask.device)[self.mask]
+            state_dict.setdefault(mask_key, self.mask)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        block = "" if self.block_size is None else f", block_size={self.block_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, density={self.density:.4f}{block}, backend={self.backend!r}")
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    try:
+        bh, bw = value
+        return (int(bh), int(bw))
+    except (TypeError, ValueError):
+        raise TypeError(f"block_size: expected an int or a pair of ints, got {value!r}") from None

@@ -1,0 +1,83 @@
+"""Pure-PyTorch versions of every sparsekern op: the fallback kernel when no compiled kernel is registered
+for a device, and the oracle the tests compare the kernels against.
+
+Conventions shared by all ops (see ``_ops.py``): a sparse matrix ``S`` of shape ``(n_rows, n_cols)`` is given
+by its kept values and layout tensors (``layout.py``); dense operands are *feature-major*, i.e. an
+activation batch of ``B`` samples is stored as ``(features, B)``. Then the three GEMMs of a sparse Linear
+are ``Yᵀ = W Xᵀ`` (spmm), ``dXᵀ = Wᵀ dYᵀ`` (spmm on the transposed layout) and
+``dW = (dYᵀ X) ⊙ M`` (sddmm: a dot product over the batch at every kept position).
+
+These never form a dense ``S``; they gather rows of the dense operand per kept entry, in chunks so the
+temporary stays bounded.
+"""
+from __future__ import annotations
+
+import torch
+
+from .layout import row_ids
+
+# Kept entries processed per step: bounds the (chunk, B) temporary to a few MB for typical batches.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunks(nnz: int, batch: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, batch))
+    for start in range(0, nnz, step):
+        yield slice(start, min(nnz, start + step))
+
+
+def csr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
+    """``out[r] = Σ_{i in row r} values[i] · dense[col_indices[i]]``; dense (n_cols, B) → out (n_rows, B)."""
+    n_rows = row_offsets.numel() - 1
+    out = dense.new_zeros(n_rows, dense.shape[1])
+    rows = row_ids(row_offsets)
+    cols = col_indices.long()
+    for s in _chunks(values.numel(), dense.shape[1]):
+        out.index_add_(0, rows[s], values[s, None] * dense[cols[s]])
+    return out
+
+
+def csr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    """``out[i] = a[row(i)] · b[col_indices[i]]`` (dot over the batch); a (n_rows, B), b (n_cols, B)."""
+    rows = row_ids(row_offsets)
+    cols = col_indices.long()
+    out = a.new_empty(cols.numel())
+    for s in _chunks(cols.numel(), a.shape[1]):
+        out[s] = (a[rows[s]] * b[cols[s]]).sum(-1)
+    return out
+
+
+def bsr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
+    """Block version of csr_spmm: values (nnzb, bh, bw); dense (n_block_cols·bw, B) → (n_block_rows·bh, B)."""
+    nnzb, bh, bw = values.shape
+    n_block_rows = row_offsets.numel() - 1
+    batch = dense.shape[1]
+    out = dense.new_zeros(n_block_rows, bh, batch)
+    dense_blocks = dense.view(-1, bw, batch)
+    rows = row_ids(row_offsets)
+    cols = col_indices.long()
+    for s in _chunks(nnzb, batch * bh * bw):
+        out.index_add_(0, rows[s], torch.bmm(values[s], dense_blocks[cols[s]]))
+    return out.view(n_block_rows * bh, batch)
+
+
+def bsr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    """Block version of csr_sddmm: out[k] = a_rows(k) @ b_rows(k)ᵀ, (nnzb, bh, bw)."""
+    n_block_rows = row_offsets.numel() - 1
+    n_block_cols = t_row_offsets.numel() - 1
+    batch = a.shape[1]
+    a_blocks = a.view(n_block_rows, -1, batch)
+    b_blocks = b.view(n_block_cols, -1, batch)
+    rows = row_ids(row_offsets)
+    cols = col_indices.long()
+    out = a.new_empty(cols.numel(), a_blocks.shape[1], b_blocks.shape[1])
+    for s in _chunks(cols.numel(), batch * a_blocks.shape[1] * b_blocks.shape[1]):
+        out[s] = torch.bmm(a_blocks[rows[s]], b_blocks[cols[s]].transpose(1, 2))
+    return out
+
+
+def dense_from_csr(values, row_offsets, col_indices, n_cols):
+    """The dense matrix a CSR operand stands for. Tests and the dense fallback only, never a sparse path."""
+    out = values.new_zeros(row_offsets.numel() - 1, n_cols)
+    out[row_ids(row_offsets), col_indices.long()] = values
+    return out
