@@ -32,7 +32,7 @@ def extensions():
     # -fopenmp: at::parallel_for's OpenMP body is compiled into this library; torch ships the same
     # libgomp.so.1, so one runtime serves both. -march=native: a source install may use the host's SIMD.
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"]
-    cxx += [] if _flag("SPARSEKERN_PORTABLE") else ["-march=native"]
+    cxx += [] if _flag("SPARSEKERN_PORTABLE") else ["-march=native", "-mprefer-vector-width=512"]
     kwargs = dict(include_dirs=[os.path.join(root, "csrc")], extra_compile_args={"cxx": cxx},
                   extra_link_args=["-fopenmp"])
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

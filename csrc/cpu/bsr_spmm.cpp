@@ -3,8 +3,8 @@
 // Forward (Yᵀ = W Xᵀ) and, on the transposed layout with transposed blocks, the input gradient.
 // Work is (kept blocks × bh × bw) × B multiply-adds; pruned blocks are never visited.
 //
-// Tiling: threads split the block rows. For a batch chunk of kChunk columns, kRows output rows of a block
-// row are accumulated in registers (kRows × kChunk: 16 AVX-512 registers for float); for each kept block
+// Tiling: threads split the block rows. For a batch chunk of four vectors (64 floats), kRows output rows of
+// a block row are accumulated in registers (4 rows × 4 vectors: 16 AVX-512 registers); for each kept block
 // and each of its bw columns j, one row dense[c·bw + j, chunk] is loaded once and feeds kRows FMAs. So a
 // block mask reuses every load kRows times, where an unstructured mask reuses it once: that is why blocks
 // pay at lower sparsity than CSR.
@@ -15,61 +15,99 @@
 #include "../checks.h"
 #include "kernels.h"
 #include "partition.h"
+#include "simd.h"
 
 namespace sparsekern {
 namespace {
 
-template <typename T>
-constexpr int64_t kChunk = 256 / sizeof(T);
-constexpr int64_t kRows = 4;
+constexpr int64_t kRows = 4;  // output rows per register tile
+constexpr int kWide = 4;      // vectors per batch chunk: 4 rows × 4 vectors = 16 accumulators
 
-// Rows [r0, r0+R) of one block row, one batch chunk of `width` columns, over its kept blocks [begin, end).
-template <typename T, int64_t R>
+// Rows [r0, r0+R) of one block row, batch columns [0, NV·lanes), over its kept blocks [begin, end).
+template <typename T, int64_t R, int NV>
 inline void block_rows_times_dense(const T* __restrict values, int64_t bh, int64_t bw, const int32_t* __restrict cols,
                                    int64_t begin, int64_t end, int64_t r0, const T* __restrict dense, int64_t ld,
-                                   int64_t width, T* __restrict out) {
-  constexpr int64_t C = kChunk<T>;
-  T acc[R][C];
+                                   T* __restrict out) {
+  using S = Simd<T>;
+  using V = typename S::vec;
+  V acc[R][NV];
+#pragma GCC unroll 4
   for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < C; ++j) acc[r][j] = T(0);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = S::zero();
   for (int64_t k = begin; k < end; ++k) {
     const T* block = values + k * bh * bw + r0 * bw;
     const T* x_block = dense + static_cast<int64_t>(cols[k]) * bw * ld;
     for (int64_t c = 0; c < bw; ++c) {
       const T* x = x_block + c * ld;
-      T v[R];
-      for (int64_t r = 0; r < R; ++r) v[r] = block[r * bw + c];
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) {
-        const T xj = x[j];
-        for (int64_t r = 0; r < R; ++r) acc[r][j] += v[r] * xj;
+      V xv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) xv[v] = S::load(x + v * S::kLanes);
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) {
+        const V w = S::broadcast(block[r * bw + c]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += w * xv[v];
       }
     }
   }
-  for (int64_t r = 0; r < R; ++r) {
-#pragma omp simd
-    for (int64_t j = 0; j < width; ++j) out[r * ld + j] = acc[r][j];
+#pragma GCC unroll 4
+  for (int64_t r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) S::store(out + r * ld + v * S::kLanes, acc[r][v]);
+}
+
+// The same for the last batch columns that do not fill a vector, one row at a time.
+template <typename T>
+inline void block_row_times_dense_tail(const T* values, int64_t bh, int64_t bw, const int32_t* cols, int64_t begin,
+                                       int64_t end, int64_t r, const T* dense, int64_t ld, int64_t width, T* out) {
+  for (int64_t j = 0; j < width; ++j) out[j] = T(0);
+  for (int64_t k = begin; k < end; ++k) {
+    const T* x_block = dense + static_cast<int64_t>(cols[k]) * bw * ld;
+    for (int64_t c = 0; c < bw; ++c) {
+      const T w = values[(k * bh + r) * bw + c];
+      for (int64_t j = 0; j < width; ++j) out[j] += w * x_block[c * ld + j];
+    }
+  }
+}
+
+template <typename T, int NV>
+inline void block_row_chunk(const T* values, int64_t bh, int64_t bw, const int32_t* cols, int64_t begin, int64_t end,
+                            const T* dense, int64_t ld, T* out) {
+  for (int64_t r0 = 0; r0 < bh; r0 += kRows) {
+    T* o = out + r0 * ld;
+    switch (std::min(kRows, bh - r0)) {
+      case 4: block_rows_times_dense<T, 4, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
+      case 3: block_rows_times_dense<T, 3, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
+      case 2: block_rows_times_dense<T, 2, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
+      default: block_rows_times_dense<T, 1, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o);
+    }
   }
 }
 
 template <typename T>
 void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
                      int64_t n_block_rows, const T* dense, int64_t batch, T* out) {
-  constexpr int64_t C = kChunk<T>;
+  constexpr int64_t L = Simd<T>::kLanes;
   parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t b0 = 0; b0 < batch; b0 += C) {
-      const int64_t width = std::min(C, batch - b0);
+    int64_t b0 = 0;
+    for (; b0 + kWide * L <= batch; b0 += kWide * L) {
       for (int64_t R = row_begin; R < row_end; ++R) {
-        const int64_t begin = offsets[R], end = offsets[R + 1];
-        for (int64_t r0 = 0; r0 < bh; r0 += kRows) {
-          T* o = out + (R * bh + r0) * batch + b0;
-          const T* d = dense + b0;
-          switch (std::min(kRows, bh - r0)) {
-            case 4: block_rows_times_dense<T, 4>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
-            case 3: block_rows_times_dense<T, 3>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
-            case 2: block_rows_times_dense<T, 2>(values, bh, bw, cols, begin, end, r0, d, batch, width, o); break;
-            default: block_rows_times_dense<T, 1>(values, bh, bw, cols, begin, end, r0, d, batch, width, o);
-          }
+        block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+                                  out + R * bh * batch + b0);
+      }
+    }
+    for (; b0 + L <= batch; b0 += L) {
+      for (int64_t R = row_begin; R < row_end; ++R) {
+        block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+                              out + R * bh * batch + b0);
+      }
+    }
+    if (b0 < batch) {
+      for (int64_t R = row_begin; R < row_end; ++R) {
+        for (int64_t r = 0; r < bh; ++r) {
+          block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
+                                     batch - b0, out + (R * bh + r) * batch + b0);
         }
       }
     }

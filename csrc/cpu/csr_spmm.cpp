@@ -4,10 +4,14 @@
 // Only stored entries are touched: work is nnz × B multiply-adds.
 //
 // Tiling: threads split the rows (balanced by stored entries). Each thread walks the batch in chunks of
-// kChunk columns; for one row and one chunk the output lives in registers (two accumulator sets, even and
-// odd entries, so two independent FMA chains hide latency), and every stored entry (r, c) adds
-// value · dense[c, chunk] to it: one broadcast and kChunk/16 vector FMAs per entry. Walking all rows
-// for one chunk before the next keeps dense[:, chunk] (n_cols × kChunk) hot in L2.
+// four vectors (64 floats with AVX-512); for one row and one chunk the output lives in registers (two
+// accumulator sets, even and odd entries, so consecutive FMAs are independent), and every stored entry
+// (r, c) adds value · dense[c, chunk] to it: one broadcast and four vector FMAs per entry. Walking all rows
+// for one chunk before the next keeps dense[:, chunk] (n_cols × 64 floats) hot in L2.
+//
+// Bound: each entry pulls a fresh 256-byte slice of dense from L2 (columns are random), so this runs at
+// L2 bandwidth, not FMA throughput. Tiling the input columns so a slab stays in L1 was tried and did not
+// pay on this machine at 90-99% sparsity (per-row cursors and output reloads cost what L1 hits saved).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -15,57 +19,75 @@
 #include "../checks.h"
 #include "kernels.h"
 #include "partition.h"
+#include "simd.h"
 
 namespace sparsekern {
 namespace {
 
-template <typename T>
-constexpr int64_t kChunk = 256 / sizeof(T);  // 64 floats / 32 doubles: 4 AVX-512 registers per set
-
-// One row, one batch chunk of `width` <= kChunk<T> columns. `Full` lets the compiler drop the bound.
-template <typename T, bool Full>
+// One row, batch columns [0, NV·lanes): the output stays in 2·NV vector registers (entries alternate
+// between two sets so consecutive FMAs are independent).
+template <typename T, int NV>
 inline void row_times_dense(const T* __restrict values, const int32_t* __restrict cols, int64_t begin,
-                            int64_t end, const T* __restrict dense, int64_t ld, int64_t width,
-                            T* __restrict out) {
-  constexpr int64_t C = kChunk<T>;
-  const int64_t n = Full ? C : width;
-  T even[C], odd[C];
-  for (int64_t j = 0; j < C; ++j) even[j] = odd[j] = T(0);
+                            int64_t end, const T* __restrict dense, int64_t ld, T* __restrict out) {
+  using S = Simd<T>;
+  using V = typename S::vec;
+  V even[NV], odd[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) even[v] = odd[v] = S::zero();
   int64_t i = begin;
   for (; i + 1 < end; i += 2) {
-    const T v0 = values[i], v1 = values[i + 1];
+    const V w0 = S::broadcast(values[i]), w1 = S::broadcast(values[i + 1]);
     const T* x0 = dense + static_cast<int64_t>(cols[i]) * ld;
     const T* x1 = dense + static_cast<int64_t>(cols[i + 1]) * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      even[j] += v0 * x0[j];
-      odd[j] += v1 * x1[j];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      even[v] += w0 * S::load(x0 + v * S::kLanes);
+      odd[v] += w1 * S::load(x1 + v * S::kLanes);
     }
   }
   if (i < end) {
-    const T v = values[i];
+    const V w = S::broadcast(values[i]);
     const T* x = dense + static_cast<int64_t>(cols[i]) * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) even[j] += v * x[j];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) even[v] += w * S::load(x + v * S::kLanes);
   }
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) out[j] = even[j] + odd[j];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) S::store(out + v * S::kLanes, even[v] + odd[v]);
+}
+
+// The last batch columns that do not fill a vector.
+template <typename T>
+inline void row_times_dense_tail(const T* values, const int32_t* cols, int64_t begin, int64_t end,
+                                 const T* dense, int64_t ld, int64_t width, T* out) {
+  for (int64_t j = 0; j < width; ++j) out[j] = T(0);
+  for (int64_t i = begin; i < end; ++i) {
+    const T w = values[i];
+    const T* x = dense + static_cast<int64_t>(cols[i]) * ld;
+    for (int64_t j = 0; j < width; ++j) out[j] += w * x[j];
+  }
 }
 
 template <typename T>
 void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows,
                      const T* dense, int64_t batch, T* out) {
-  constexpr int64_t C = kChunk<T>;
+  constexpr int64_t L = Simd<T>::kLanes;
+  constexpr int kWide = 4;  // vectors per chunk: 4 (+4 odd) accumulators, 64 floats with AVX-512
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t b0 = 0; b0 < batch; b0 += C) {
-      const int64_t width = std::min(C, batch - b0);
+    int64_t b0 = 0;
+    for (; b0 + kWide * L <= batch; b0 += kWide * L) {
       for (int64_t r = row_begin; r < row_end; ++r) {
-        T* o = out + r * batch + b0;
-        if (width == C) {
-          row_times_dense<T, true>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, C, o);
-        } else {
-          row_times_dense<T, false>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, width, o);
-        }
+        row_times_dense<T, kWide>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, out + r * batch + b0);
+      }
+    }
+    for (; b0 + L <= batch; b0 += L) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, out + r * batch + b0);
+      }
+    }
+    if (b0 < batch) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, batch - b0,
+                             out + r * batch + b0);
       }
     }
   });

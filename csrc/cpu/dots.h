@@ -3,30 +3,40 @@
 
 #include <cstdint>
 
+#include "simd.h"
+
 namespace sparsekern {
 
-// s[k] = a · b_k for four rows b_0..b_3 at once: each load of a[j] feeds four FMAs, and the four
-// reductions are independent chains, so the loop runs near FMA throughput instead of load or latency bound.
+// s[k] = a · b_k for four rows b_0..b_3 at once: each vector load of a feeds four FMAs into four independent
+// vector accumulators; one horizontal sum per row at the end.
 template <typename T>
 inline void dot4(const T* __restrict a, const T* __restrict b0, const T* __restrict b1, const T* __restrict b2,
                  const T* __restrict b3, int64_t n, T* s) {
-  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t j = 0; j < n; ++j) {
-    const T x = a[j];
-    s0 += x * b0[j];
-    s1 += x * b1[j];
-    s2 += x * b2[j];
-    s3 += x * b3[j];
+  using S = Simd<T>;
+  typename S::vec v0 = S::zero(), v1 = S::zero(), v2 = S::zero(), v3 = S::zero();
+  int64_t j = 0;
+  for (; j + S::kLanes <= n; j += S::kLanes) {
+    const auto x = S::load(a + j);
+    v0 += x * S::load(b0 + j);
+    v1 += x * S::load(b1 + j);
+    v2 += x * S::load(b2 + j);
+    v3 += x * S::load(b3 + j);
+  }
+  T s0 = S::sum(v0), s1 = S::sum(v1), s2 = S::sum(v2), s3 = S::sum(v3);
+  for (; j < n; ++j) {
+    s0 += a[j] * b0[j], s1 += a[j] * b1[j], s2 += a[j] * b2[j], s3 += a[j] * b3[j];
   }
   s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
 }
 
 template <typename T>
 inline T dot1(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  using S = Simd<T>;
+  typename S::vec v = S::zero();
+  int64_t j = 0;
+  for (; j + S::kLanes <= n; j += S::kLanes) v += S::load(a + j) * S::load(b + j);
+  T s = S::sum(v);
+  for (; j < n; ++j) s += a[j] * b[j];
   return s;
 }
 
