@@ -6,6 +6,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     csr_spmm(values, layout..., dense)  -> S @ dense           (n_rows, B)
     csr_sddmm(a, b, layout...)          -> (a @ bᵀ)[kept]       (nnz,)
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
+    csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
+    csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
 
 ``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
 row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
@@ -28,6 +30,8 @@ SCHEMAS = {
     "csr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "bsr_spmm": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense) -> Tensor",
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
+    "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
+    "csr_from_dense": "(Tensor dense, Tensor row_offsets, Tensor col_indices) -> Tensor",
 }
 
 _lib = torch.library.Library("sparsekern", "DEF")
@@ -129,6 +133,27 @@ def _bsr_sddmm_reference(a, b, *layout):
     return reference.bsr_sddmm(a, b, *layout)
 
 
+def _check_convert(row_offsets, col_indices, nnz_name, nnz, float_name, float_tensor):
+    for name, t in (("row_offsets", row_offsets), ("col_indices", col_indices)):
+        if t.dtype != torch.int32 or t.dim() != 1:
+            raise TypeError(f"{name}: expected a 1-D int32 tensor, got {t.dtype} with shape {tuple(t.shape)}")
+    _check_values_dtype(float_name, float_tensor)
+    if nnz is not None and nnz != col_indices.shape[0]:
+        raise ValueError(f"{nnz_name}: expected {col_indices.shape[0]} entries, got {nnz}")
+
+
+@torch.library.impl(_lib, "csr_to_dense", "CompositeExplicitAutograd")
+def _csr_to_dense_reference(values, row_offsets, col_indices, n_cols):
+    _check_convert(row_offsets, col_indices, "values", values.numel(), "values", values)
+    return reference.dense_from_csr(values, row_offsets, col_indices, n_cols)
+
+
+@torch.library.impl(_lib, "csr_from_dense", "CompositeExplicitAutograd")
+def _csr_from_dense_reference(dense, row_offsets, col_indices):
+    _check_convert(row_offsets, col_indices, "", None, "dense", dense)
+    return reference.csr_values_from_dense(dense, row_offsets, col_indices)
+
+
 # ------------------------------------------------------------------------------------------------ fakes
 
 def _fake_spmm(block):
@@ -149,10 +174,24 @@ torch.library.register_fake("sparsekern::bsr_spmm", _fake_spmm(True), lib=_lib)
 torch.library.register_fake("sparsekern::csr_sddmm", _fake_sddmm(False), lib=_lib)
 torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
 
+@torch.library.register_fake("sparsekern::csr_to_dense", lib=_lib)
+def _fake_to_dense(values, row_offsets, col_indices, n_cols):
+    _check_convert(row_offsets, col_indices, "values", values.shape[0], "values", values)
+    return values.new_empty(row_offsets.shape[0] - 1, n_cols)
+
+
+@torch.library.register_fake("sparsekern::csr_from_dense", lib=_lib)
+def _fake_from_dense(dense, row_offsets, col_indices):
+    _check_convert(row_offsets, col_indices, "", None, "dense", dense)
+    return dense.new_empty(col_indices.shape[0])
+
+
 csr_spmm = torch.ops.sparsekern.csr_spmm.default
 csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
 bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
+csr_to_dense = torch.ops.sparsekern.csr_to_dense.default
+csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
 
 
 # --------------------------------------------------------------------------------------------- autograd
@@ -209,3 +248,31 @@ for _op, _spmm, _sddmm, _block in (("csr", csr_spmm, csr_sddmm, False), ("bsr", 
     torch.library.register_autograd(f"sparsekern::{_op}_spmm", _bw, setup_context=_setup, lib=_lib)
     _bw, _setup = _sddmm_autograd(_spmm, _block)
     torch.library.register_autograd(f"sparsekern::{_op}_sddmm", _bw, setup_context=_setup, lib=_lib)
+
+
+# csr_to_dense and csr_from_dense are each other's gradient.
+def _to_dense_setup(ctx, inputs, output):
+    _, row_offsets, col_indices, _ = inputs
+    ctx.save_for_backward(row_offsets, col_indices)
+
+
+def _to_dense_backward(ctx, grad):
+    row_offsets, col_indices = ctx.saved_tensors
+    return csr_from_dense(grad.contiguous(), row_offsets, col_indices), None, None, None
+
+
+def _from_dense_setup(ctx, inputs, output):
+    dense, row_offsets, col_indices = inputs
+    ctx.n_cols = dense.shape[1]
+    ctx.save_for_backward(row_offsets, col_indices)
+
+
+def _from_dense_backward(ctx, grad):
+    row_offsets, col_indices = ctx.saved_tensors
+    return csr_to_dense(grad.contiguous(), row_offsets, col_indices, ctx.n_cols), None, None
+
+
+torch.library.register_autograd("sparsekern::csr_to_dense", _to_dense_backward, setup_context=_to_dense_setup,
+                                lib=_lib)
+torch.library.register_autograd("sparsekern::csr_from_dense", _from_dense_backward,
+                                setup_context=_from_dense_setup, lib=_lib)

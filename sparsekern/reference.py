@@ -77,7 +77,12 @@ def bsr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_pe
 
 
 def dense_from_csr(values, row_offsets, col_indices, n_cols):
-    """The dense matrix a CSR operand stands for. Tests and the dense fallback only, never a sparse path."""
+    """The dense matrix a CSR operand stands for (csr_to_dense). Dense fallback and tests, never a sparse path."""
     out = values.new_zeros(row_offsets.numel() - 1, n_cols)
     out[row_ids(row_offsets), col_indices.long()] = values
     return out
+
+
+def csr_values_from_dense(dense, row_offsets, col_indices):
+    """The entries of ``dense`` at the stored positions, in CSR order (csr_from_dense)."""
+    return dense[row_ids(row_offsets), col_indices.long()]

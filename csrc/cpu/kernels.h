@@ -23,3 +23,13 @@ at::Tensor bsr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Ten
                          const at::Tensor& t_col_indices, const at::Tensor& t_perm, const at::Tensor& t_perm_inv);
 
 }  // namespace sparsekern
+
+namespace sparsekern {
+
+// Dense-fallback conversions (kept values <-> dense matrix); each is the other's gradient.
+at::Tensor csr_to_dense_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                            int64_t n_cols);
+
+at::Tensor csr_from_dense_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& col_indices);
+
+}  // namespace sparsekern

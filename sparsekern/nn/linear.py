@@ -73,17 +73,19 @@ class SparseLinear(nn.Module):
     # ------------------------------------------------------------------------------------------ layout
     def _build_layout(self, mask: torch.Tensor) -> None:
         """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
+        elements = CSRLayout.from_mask(mask)  # element-level CSR: the dense fallback's index
         if self.block_size is None:
-            layout = CSRLayout.from_mask(mask)
-            tensors, from_elements = layout.tensors(), None
+            tensors, from_elements = elements.tensors(), None
         else:
             layout = BSRLayout.from_mask(mask, self.block_size)
             tensors, from_elements = layout.tensors(), layout.from_elements
         for name, tensor in zip(_CSR_BUFFERS, tensors):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
         self.register_buffer("_layout_from_elements", from_elements, persistent=False)
-        flat = mask.reshape(-1).nonzero().reshape(-1)
-        self.register_buffer("_kept_flat_index", flat, persistent=False)
+        self.register_buffer("_element_row_offsets", None if self.block_size is None else elements.row_offsets,
+                             persistent=False)
+        self.register_buffer("_element_col_indices", None if self.block_size is None else elements.col_indices,
+                             persistent=False)
 
     def _layout_tensors(self):
         return tuple(getattr(self, "_layout_" + name) for name in _CSR_BUFFERS)
@@ -130,8 +132,11 @@ class SparseLinear(nn.Module):
         """
         if self.nnz == self.mask.numel():
             return self.weight_values.view(self.out_features, self.in_features)
-        flat = self.weight_values.new_zeros(self.mask.numel())
-        return flat.index_put((self._kept_flat_index,), self.weight_values).view_as(self.mask)
+        if self.block_size is None:  # the CSR layout already is the element-level index
+            offsets, indices = self._layout_row_offsets, self._layout_col_indices
+        else:
+            offsets, indices = self._element_row_offsets, self._element_col_indices
+        return _ops.csr_to_dense(self.weight_values, offsets, indices, self.in_features)
 
     # ------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
