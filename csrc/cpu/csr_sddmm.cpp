@@ -4,13 +4,18 @@
 // b = Xᵀ (n_cols, B), both feature-major. Work is nnz × B multiply-adds; the dense dYᵀ X is never formed.
 //
 // Tiling: threads split the rows. The batch is cut into chunks of kChunk columns so a[r, chunk] stays in
-// L1 and b[:, chunk] in L2; within a row, four stored entries are done together so each load of
-// a[r, j] feeds four FMAs (four independent reduction chains). Chunks after the first accumulate.
+// L1; where rows are dense enough, column bands keep b[band, chunk] in L1 too (column_tiles.h). Within a
+// row, four stored entries are done together so each load of a[r, j] feeds four FMAs (four independent
+// reduction chains, dots.h). Chunks after the first accumulate into out.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../checks.h"
+#include "column_tiles.h"
+#include "packing.h"
 #include "dots.h"
 #include "kernels.h"
 #include "partition.h"
@@ -36,17 +41,35 @@ inline void row_dots(const T* a_row, const T* b, int64_t ld, const int32_t* cols
 
 template <typename T>
 void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int32_t* cols, int64_t n_rows,
-                      int64_t batch, T* out) {
+                      int64_t n_cols, int64_t batch, T* out) {
   constexpr int64_t C = kChunk<T>;
+  const int64_t n_full = batch / C;
+  // b's full chunks are read from a packed copy (packing.h) when b's rows are far apart.
+  const T* packed = b;
+  int64_t packed_ld = batch;
+  if (n_full > 0 && batch * static_cast<int64_t>(sizeof(T)) > kPackRowStrideBytes) {
+    T* buffer = packing_buffer<T>(n_full * n_cols * C);
+    pack_batch_chunks(b, n_cols, batch, C, n_full, buffer);
+    packed = buffer, packed_ld = C;
+  }
+  const int64_t tile = choose_tile_cols(n_cols, packed_ld * sizeof(T));
+  const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     if (batch == 0) {
       std::fill(out + offsets[row_begin], out + offsets[row_end], T(0));
       return;
     }
+    const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
     for (int64_t b0 = 0; b0 < batch; b0 += C) {
       const int64_t width = std::min(C, batch - b0);
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        row_dots(a + r * batch + b0, b + b0, batch, cols, offsets[r], offsets[r + 1], width, b0 == 0, out);
+      const bool is_packed = b0 < n_full * C && packed_ld == C;
+      const T* slab = is_packed ? packed + (b0 / C) * n_cols * C : b + b0;
+      const int64_t ld = is_packed ? C : batch;
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          const int32_t* bd = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
+          if (bd[1] > bd[0]) row_dots(a + r * batch + b0, slab, ld, cols, bd[0], bd[1], width, b0 == 0, out);
+        }
       }
     }
   });
@@ -69,7 +92,7 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Ten
   if (shape.nnz == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(ac.scalar_type(), "csr_sddmm_cpu", [&] {
     csr_sddmm_kernel<scalar_t>(ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                               col_indices.data_ptr<int32_t>(), shape.n_rows, ac.size(1),
+                               col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, ac.size(1),
                                out.data_ptr<scalar_t>());
   });
   return out;

@@ -9,14 +9,17 @@
 // (r, c) adds value · dense[c, chunk] to it: one broadcast and four vector FMAs per entry. Walking all rows
 // for one chunk before the next keeps dense[:, chunk] (n_cols × 64 floats) hot in L2.
 //
-// Bound: each entry pulls a fresh 256-byte slice of dense from L2 (columns are random), so this runs at
-// L2 bandwidth, not FMA throughput. Tiling the input columns so a slab stays in L1 was tried and did not
-// pay on this machine at 90-99% sparsity (per-row cursors and output reloads cost what L1 hits saved).
+// Untiled, each entry pulls a fresh 256-byte slice of dense from L2 (columns are random) and the kernel
+// runs at L2 bandwidth; where rows are dense enough, column bands keep that slice in L1 (column_tiles.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../checks.h"
+#include "column_tiles.h"
+#include "packing.h"
 #include "kernels.h"
 #include "partition.h"
 #include "simd.h"
@@ -28,12 +31,15 @@ namespace {
 // between two sets so consecutive FMAs are independent).
 template <typename T, int NV>
 inline void row_times_dense(const T* __restrict values, const int32_t* __restrict cols, int64_t begin,
-                            int64_t end, const T* __restrict dense, int64_t ld, T* __restrict out) {
+                            int64_t end, const T* __restrict dense, int64_t ld, bool accumulate, T* __restrict out) {
   using S = Simd<T>;
   using V = typename S::vec;
   V even[NV], odd[NV];
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) even[v] = odd[v] = S::zero();
+  for (int v = 0; v < NV; ++v) {
+    even[v] = accumulate ? S::load(out + v * S::kLanes) : S::zero();
+    odd[v] = S::zero();
+  }
   int64_t i = begin;
   for (; i + 1 < end; i += 2) {
     const V w0 = S::broadcast(values[i]), w1 = S::broadcast(values[i + 1]);
@@ -68,20 +74,40 @@ inline void row_times_dense_tail(const T* values, const int32_t* cols, int64_t b
 }
 
 template <typename T>
-void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows,
+void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
                      const T* dense, int64_t batch, T* out) {
   constexpr int64_t L = Simd<T>::kLanes;
   constexpr int kWide = 4;  // vectors per chunk: 4 (+4 odd) accumulators, 64 floats with AVX-512
+  constexpr int64_t C = kWide * L;
+  const int64_t n_full = batch / C;
+  // Full chunks read a packed copy (packing.h) when dense's rows are far apart.
+  const T* packed = dense;
+  int64_t packed_ld = batch;
+  if (n_full > 0 && batch * static_cast<int64_t>(sizeof(T)) > kPackRowStrideBytes) {
+    T* buffer = packing_buffer<T>(n_full * n_cols * C);
+    pack_batch_chunks(dense, n_cols, batch, C, n_full, buffer);
+    packed = buffer, packed_ld = C;
+  }
+  const int64_t tile = choose_tile_cols(n_cols, packed_ld * sizeof(T));
+  const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
-    int64_t b0 = 0;
-    for (; b0 + kWide * L <= batch; b0 += kWide * L) {
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        row_times_dense<T, kWide>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, out + r * batch + b0);
+    const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
+    for (int64_t c = 0; c < n_full; ++c) {
+      const T* slab = packed_ld == C ? packed + c * n_cols * C : packed + c * C;
+      // Rows x bands; band 0 writes every row (even empty ones), later bands add.
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          const int32_t* b = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
+          if (t == 0 || b[1] > b[0]) {
+            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, packed_ld, t != 0, out + r * batch + c * C);
+          }
+        }
       }
     }
+    int64_t b0 = n_full * C;
     for (; b0 + L <= batch; b0 += L) {
       for (int64_t r = row_begin; r < row_end; ++r) {
-        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, out + r * batch + b0);
+        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false, out + r * batch + b0);
       }
     }
     if (b0 < batch) {
@@ -111,7 +137,7 @@ at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets,
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_cpu", [&] {
     csr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                              col_indices.data_ptr<int32_t>(), shape.n_rows, d.data_ptr<scalar_t>(), batch,
+                              col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(), batch,
                               out.data_ptr<scalar_t>());
   });
   return out;

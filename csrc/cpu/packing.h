@@ -1,0 +1,39 @@
+// Packing a feature-major dense operand (rows, batch) into contiguous batch chunks (chunks, rows, width).
+//
+// Why: the kernels read one chunk slice dense[c, b0:b0+width] per stored entry, at random rows c. In the
+// (rows, batch) layout those slices sit a whole batch row apart (1 KB for 256 floats, 8 KB for 2048), so
+// they fall into a fraction of the cache sets and a slab that should fit in L2 thrashes it. Packed, a
+// chunk's slab is contiguous and uses every set. The copy is one pass over the operand, small next to the
+// nnz x batch work it speeds up.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace sparsekern {
+
+// A scratch buffer of at least `numel` elements, owned by the calling thread and reused across calls so
+// large packs do not pay fresh page faults every step. It grows to the largest operand seen.
+template <typename T>
+inline T* packing_buffer(int64_t numel) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < numel) buffer.resize(numel);
+  return buffer.data();
+}
+
+// dst[c][r][0:width] = src[r][c*width : (c+1)*width] for the first n_chunks full chunks.
+template <typename T>
+inline void pack_batch_chunks(const T* src, int64_t rows, int64_t ld, int64_t width, int64_t n_chunks, T* dst) {
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      for (int64_t r = r0; r < r1; ++r) {
+        std::memcpy(dst + (c * rows + r) * width, src + r * ld + c * width, width * sizeof(T));
+      }
+    }
+  });
+}
+
+}  // namespace sparsekern
