@@ -105,18 +105,37 @@ def _check_sddmm(a, b, layout, block):
     return (nnz, a.shape[0] // n_rows, b.shape[0] // n_cols)
 
 
+def _check_layout_values(row_offsets, col_indices, t_row_offsets, t_col_indices, *_):
+    """What the C++ kernels check before reading (checks.h): offsets run 0..nnz without decreasing, indices
+    in range. Run by the reference too, so a corrupt layout fails the same way on every path."""
+    n_cols = t_row_offsets.shape[0] - 1
+    for o_name, offsets, i_name, indices, bound in (("row_offsets", row_offsets, "col_indices", col_indices, n_cols),
+                                                    ("t_row_offsets", t_row_offsets, "t_col_indices", t_col_indices,
+                                                     row_offsets.shape[0] - 1)):
+        nnz = indices.shape[0]
+        if offsets.shape[0] < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != nnz:
+            raise ValueError(f"{o_name}: expected to run from 0 to nnz={nnz}")
+        if bool((offsets[1:] < offsets[:-1]).any()):
+            raise ValueError(f"{o_name}: must be non-decreasing")
+        if nnz and (int(indices.min()) < 0 or int(indices.max()) >= bound):
+            raise ValueError(f"{i_name}: expected indices in [0, {bound}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+
+
 # ----------------------------------------------------------------------------- reference (all devices)
 
 @torch.library.impl(_lib, "csr_spmm", "CompositeExplicitAutograd")
 def _csr_spmm_reference(values, *args):
     *layout, dense = args
     _check_spmm(values, layout, dense, block=False)
+    _check_layout_values(*layout)
     return reference.csr_spmm(values, *layout, dense)
 
 
 @torch.library.impl(_lib, "csr_sddmm", "CompositeExplicitAutograd")
 def _csr_sddmm_reference(a, b, *layout):
     _check_sddmm(a, b, layout, block=False)
+    _check_layout_values(*layout)
     return reference.csr_sddmm(a, b, *layout)
 
 
@@ -124,12 +143,14 @@ def _csr_sddmm_reference(a, b, *layout):
 def _bsr_spmm_reference(values, *args):
     *layout, dense = args
     _check_spmm(values, layout, dense, block=True)
+    _check_layout_values(*layout)
     return reference.bsr_spmm(values, *layout, dense)
 
 
 @torch.library.impl(_lib, "bsr_sddmm", "CompositeExplicitAutograd")
 def _bsr_sddmm_reference(a, b, *layout):
     _check_sddmm(a, b, layout, block=True)
+    _check_layout_values(*layout)
     return reference.bsr_sddmm(a, b, *layout)
 
 
@@ -219,7 +240,10 @@ def _spmm_autograd(spmm, sddmm, block):
         if ctx.needs_input_grad[-1]:
             d_dense = spmm(_transposed_values(values, layout[4], block), *_transposed(layout), grad)
         if ctx.needs_input_grad[0]:
-            d_values = sddmm(grad, dense, *layout)
+            # A block grid with no rows or no columns gives bsr_sddmm no way to derive bh/bw from a and b;
+            # its gradient is empty anyway.
+            empty_grid = block and (grad.shape[0] == 0 or dense.shape[0] == 0)
+            d_values = torch.zeros_like(values) if empty_grid else sddmm(grad, dense, *layout)
         return (d_values, *([None] * 6), d_dense)
 
     return backward, setup_context

@@ -53,7 +53,7 @@ def bsr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_p
     n_block_rows = row_offsets.numel() - 1
     batch = dense.shape[1]
     out = dense.new_zeros(n_block_rows, bh, batch)
-    dense_blocks = dense.view(-1, bw, batch)
+    dense_blocks = dense.view(t_row_offsets.numel() - 1, bw, batch)
     rows = row_ids(row_offsets)
     cols = col_indices.long()
     for s in _chunks(nnzb, batch * bh * bw):
@@ -66,8 +66,8 @@ def bsr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_pe
     n_block_rows = row_offsets.numel() - 1
     n_block_cols = t_row_offsets.numel() - 1
     batch = a.shape[1]
-    a_blocks = a.view(n_block_rows, -1, batch)
-    b_blocks = b.view(n_block_cols, -1, batch)
+    a_blocks = a.view(n_block_rows, a.shape[0] // n_block_rows, batch)
+    b_blocks = b.view(n_block_cols, b.shape[0] // n_block_cols, batch)
     rows = row_ids(row_offsets)
     cols = col_indices.long()
     out = a.new_empty(cols.numel(), a_blocks.shape[1], b_blocks.shape[1])

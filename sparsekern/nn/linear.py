@@ -55,9 +55,10 @@ class SparseLinear(nn.Module):
         self.backend = check_backend(backend)
         self.block_size = None if block_size is None else _pair(block_size)
         shape = (out_features, in_features)
+        device = torch.device(device) if device is not None else torch.get_default_device()
         if mask is None:
             mask = torch.ones(shape, dtype=torch.bool, device=device)
-        mask = check_mask(mask, "mask", shape=shape).to(device=device)
+        mask = check_mask(mask, "mask", shape=shape, device=device)
 
         dense = torch.empty(shape, device=device, dtype=dtype)
         nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Linear's init, then keep the masked entries
@@ -142,7 +143,7 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         leading = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)
+        x2d = x.reshape(math.prod(leading), self.in_features)
         if self.resolved_backend(x.device.type) == "dense":
             y2d = F.linear(x2d, self.dense_weight(), self.bias)
         else:

@@ -10,7 +10,8 @@ def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "
     """Replace every ``nn.Linear`` named in ``masks`` by a ``SparseLinear`` holding its kept weights.
 
     Args:
-        model: any module; it is modified in place and returned.
+        model: any module; it is modified in place and returned. If ``model`` itself is the named Linear
+            (``masks = {"weight": mask}``), it cannot be replaced in place: the new SparseLinear is returned.
         masks: parameter name (as in ``model.named_parameters()``, e.g. ``"fc.weight"``) → bool mask of the
             weight's shape. Layers not named stay dense.
         block_size, backend: passed to every ``SparseLinear`` (see its docstring).
@@ -34,6 +35,9 @@ def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "
             raise TypeError(f"masks: {name!r} belongs to a {type(module).__name__}; sparsify supports nn.Linear "
                             f"(nn.Conv2d support is planned)")
         sparse = SparseLinear.from_dense(module, mask, block_size=block_size, backend=backend)
+        if module_name == "":
+            model = sparse
+            continue
         parent_name, _, child = module_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, sparse)
     return model
