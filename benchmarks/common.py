@@ -1,0 +1,232 @@
+"""Machine/version metadata, robust statistics and CSV/markdown writers shared by the benchmark suites.
+
+Import this only after the thread environment is set (``benchmarks.run`` does that first): it imports torch.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_isa_flags() -> str:
+    """The SIMD/matrix extensions that matter for these kernels, as listed in /proc/cpuinfo."""
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "avx512_fp16",
+              "amx_tile", "amx_bf16", "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(w for w in wanted if w in flags)
+    except OSError:
+        pass
+    return ""
+
+
+def loadavg() -> str:
+    try:
+        return "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "n/a"
+
+
+def cpu_busy_percent(interval: float = 1.0) -> float:
+    """How busy all CPUs were over ``interval`` seconds (from /proc/stat), sampled while we are idle.
+
+    On a shared machine this is the share of the cores other processes took; NaN where unavailable.
+    """
+    def snapshot():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+    try:
+        idle0, total0 = snapshot()
+        time.sleep(interval)
+        idle1, total1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = total1 - total0
+    return 100.0 * (1 - (idle1 - idle0) / total) if total > 0 else float("nan")
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def sparsekern_info() -> dict:
+    """Version, git commit (+dirty flag for the kernel/package sources) and a hash of the loaded extension.
+
+    The extension hash matters: the C++ extension may be rebuilt between runs at the same commit.
+    """
+    import sparsekern
+    from sparsekern import _extension
+
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--", "sparsekern", "csrc", "setup.py")
+    ext_file, ext_hash, ext_mtime = "", "none", ""
+    if _extension.AVAILABLE:
+        from sparsekern import _C
+        ext_file = getattr(_C, "__file__", "") or ""
+        if ext_file and os.path.exists(ext_file):
+            with open(ext_file, "rb") as f:
+                ext_hash = hashlib.sha256(f.read()).hexdigest()[:12]
+            ext_mtime = _dt.datetime.fromtimestamp(os.path.getmtime(ext_file)).isoformat(timespec="seconds")
+    return {
+        "sparsekern_version": sparsekern.__version__,
+        "sparsekern_commit": commit + ("+dirty" if dirty else ""),
+        "sparsekern_ext": ext_hash,
+        "sparsekern_ext_mtime": ext_mtime,
+        "sparsekern_ext_error": _extension.LOAD_ERROR or "",
+    }
+
+
+def sparseprop_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("sparseprop")
+    except Exception:  # noqa: BLE001  (not installed, or installed without metadata)
+        return "not installed"
+
+
+def environment(threads: int) -> dict:
+    """Everything a result row needs to be reproducible and comparable."""
+    info = {
+        "timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS", ""),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "sparseprop_version": sparseprop_version(),
+        "loadavg_start": loadavg(),
+        "cpu_busy_start": cpu_busy_percent(),
+    }
+    info.update(sparsekern_info())
+    return info
+
+
+def command_line() -> str:
+    return "python -m benchmarks.run " + " ".join(_quote(a) for a in sys.argv[1:])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted list (numpy's default method)."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(samples_ns: list[int]) -> dict:
+    """median / IQR / min / max in milliseconds over the timed repeats."""
+    ms = sorted(s / 1e6 for s in samples_ns)
+    return {
+        "median_ms": quantile(ms, 0.5),
+        "iqr_ms": quantile(ms, 0.75) - quantile(ms, 0.25),
+        "min_ms": ms[0] if ms else float("nan"),
+        "max_ms": ms[-1] if ms else float("nan"),
+        "n": len(ms),
+    }
+
+
+# --------------------------------------------------------------------------------------------- output
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k, "")) for k in columns})
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"  # NaN (not applicable) -> empty cell
+    return value
+
+
+def markdown_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A GitHub markdown table; ``align`` is one char per column ('l' or 'r'), default: first left, rest right."""
+    align = align or ("l" + "r" * (len(headers) - 1))
+    sep = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def machine_section(env: dict, extra: dict | None = None) -> str:
+    items = [
+        ("Command", f"`{command_line()}`"),
+        ("Date", env["timestamp"]),
+        ("CPU", f"{env['cpu_model']} ({env['logical_cpus']} logical CPUs; ISA: {env['cpu_isa'] or 'n/a'}; "
+                f"torch CPU capability {env['torch_cpu_capability']})"),
+        ("Threads", f"{env['threads']} (torch.get_num_threads()={env['torch_threads']}, "
+                    f"OMP_NUM_THREADS={env['omp_num_threads_env'] or 'unset'})"),
+        ("Other load", f"CPUs {env['cpu_busy_start']:.0f}% busy in the second before the run, "
+                       f"{env.get('cpu_busy_end', float('nan')):.0f}% in the second after; load average "
+                       f"(1/5/15 min) {env['loadavg_start']} at start"),
+        ("Python / torch", f"{env['python_version']} / {env['torch_version']}"),
+        ("sparsekern", f"{env['sparsekern_version']} at {env['sparsekern_commit']}, extension sha256 "
+                       f"{env['sparsekern_ext']} (built {env['sparsekern_ext_mtime'] or 'n/a'})"),
+        ("SparseProp", env["sparseprop_version"]),
+    ]
+    if env.get("sparsekern_ext_error"):
+        items.append(("WARNING", f"compiled extension not loaded ({env['sparsekern_ext_error']}): sparsekern "
+                                 "ran its pure-PyTorch reference"))
+    for k, v in (extra or {}).items():
+        items.append((k, v))
+    return "\n".join(f"- **{k}**: {v}" for k, v in items)
+
+
+def fmt_ms(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
+def fmt_ratio(value) -> str:
+    if value is None or value == "" or value != value:
+        return "–"
+    return f"{value:.2f}×"
