@@ -72,6 +72,7 @@ inline LayoutShape check_layout(const at::Tensor& row_offsets, const at::Tensor&
   check_index(t_col_indices, "t_col_indices", at::kInt);
   check_index(t_perm, "t_perm", at::kLong);
   check_index(t_perm_inv, "t_perm_inv", at::kLong);
+  TORCH_CHECK_VALUE(t_row_offsets.numel() >= 1, "t_row_offsets: expected at least one entry (n_cols + 1), got 0");
   const int64_t n_cols = t_row_offsets.numel() - 1;
   check_compressed(row_offsets, col_indices, n_cols, "row_offsets", "col_indices");
   const int64_t nnz = col_indices.numel();
