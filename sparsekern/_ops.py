@@ -8,6 +8,9 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
     csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
     csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
+    csr_fill_dense_(values, row_offsets, col_indices, dense) -> () in place         }
+    mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
+    mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
 
 ``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
 row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
@@ -21,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from .layout import row_ids
 
 _LAYOUT_ARGS = ("Tensor row_offsets, Tensor col_indices, Tensor t_row_offsets, Tensor t_col_indices, "
                 "Tensor t_perm, Tensor t_perm_inv")
@@ -32,6 +36,9 @@ SCHEMAS = {
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
     "csr_from_dense": "(Tensor dense, Tensor row_offsets, Tensor col_indices) -> Tensor",
+    "csr_fill_dense_": "(Tensor values, Tensor row_offsets, Tensor col_indices, Tensor(a!) dense) -> ()",
+    "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
+    "mask_compress": "(Tensor dense, Tensor row_offsets, Tensor mask) -> Tensor",
 }
 
 _lib = torch.library.Library("sparsekern", "DEF")
@@ -175,6 +182,45 @@ def _csr_from_dense_reference(dense, row_offsets, col_indices):
     return reference.csr_values_from_dense(dense, row_offsets, col_indices)
 
 
+@torch.library.impl(_lib, "csr_fill_dense_", "CompositeExplicitAutograd")
+def _csr_fill_dense_reference(values, row_offsets, col_indices, dense):
+    _check_convert(row_offsets, col_indices, "values", values.numel(), "values", values)
+    with torch.no_grad():
+        dense[row_ids(row_offsets), col_indices.long()] = values
+
+
+def _check_mask_args(row_offsets, mask, float_name, float_tensor):
+    if mask.dtype != torch.bool or mask.dim() != 2:
+        raise TypeError(f"mask: expected a 2-D bool tensor, got {mask.dtype} with shape {tuple(mask.shape)}")
+    if row_offsets.dtype != torch.int32 or row_offsets.shape != (mask.shape[0] + 1,):
+        raise ValueError(f"row_offsets: expected an int32 tensor of {mask.shape[0] + 1} entries, got "
+                         f"{row_offsets.dtype} with shape {tuple(row_offsets.shape)}")
+    _check_values_dtype(float_name, float_tensor)
+
+
+def _check_mask_matches_offsets(row_offsets, mask):
+    counts = torch.diff(row_offsets.long())
+    if int(row_offsets[0]) != 0 or not torch.equal(counts, mask.sum(1)):
+        raise ValueError("row_offsets: some row's entry count differs from what the mask keeps (they must "
+                         "describe the same mask)")
+
+
+@torch.library.impl(_lib, "mask_expand_", "CompositeExplicitAutograd")
+def _mask_expand_reference(values, row_offsets, mask, dense):
+    _check_mask_args(row_offsets, mask, "values", values)
+    _check_mask_matches_offsets(row_offsets, mask)
+    with torch.no_grad():
+        dense.zero_()
+        dense[mask] = values
+
+
+@torch.library.impl(_lib, "mask_compress", "CompositeExplicitAutograd")
+def _mask_compress_reference(dense, row_offsets, mask):
+    _check_mask_args(row_offsets, mask, "dense", dense)
+    _check_mask_matches_offsets(row_offsets, mask)
+    return dense[mask]
+
+
 # ------------------------------------------------------------------------------------------------ fakes
 
 def _fake_spmm(block):
@@ -207,12 +253,31 @@ def _fake_from_dense(dense, row_offsets, col_indices):
     return dense.new_empty(col_indices.shape[0])
 
 
+@torch.library.register_fake("sparsekern::csr_fill_dense_", lib=_lib)
+def _fake_fill_dense(values, row_offsets, col_indices, dense):
+    _check_convert(row_offsets, col_indices, "values", values.shape[0], "values", values)
+
+
+@torch.library.register_fake("sparsekern::mask_expand_", lib=_lib)
+def _fake_mask_expand(values, row_offsets, mask, dense):
+    _check_mask_args(row_offsets, mask, "values", values)
+
+
+@torch.library.register_fake("sparsekern::mask_compress", lib=_lib)
+def _fake_mask_compress(dense, row_offsets, mask):
+    _check_mask_args(row_offsets, mask, "dense", dense)
+    return dense.new_empty(torch.library.get_ctx().new_dynamic_size())
+
+
 csr_spmm = torch.ops.sparsekern.csr_spmm.default
 csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
 bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
 csr_to_dense = torch.ops.sparsekern.csr_to_dense.default
 csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
+csr_fill_dense_ = torch.ops.sparsekern.csr_fill_dense_.default
+mask_expand_ = torch.ops.sparsekern.mask_expand_.default
+mask_compress = torch.ops.sparsekern.mask_compress.default
 
 
 # --------------------------------------------------------------------------------------------- autograd

@@ -32,4 +32,18 @@ at::Tensor csr_to_dense_cpu(const at::Tensor& values, const at::Tensor& row_offs
 
 at::Tensor csr_from_dense_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& col_indices);
 
+// In place: dense[r, col_indices[i]] = values[i] for every stored entry; other entries are left as they are.
+void csr_fill_dense_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& dense);
+
+}  // namespace sparsekern
+
+namespace sparsekern {
+
+// Dense fallback hot path, driven by the bool mask: dense = expand(values) in place; values = dense[mask].
+void mask_expand_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& mask,
+                     const at::Tensor& dense);
+
+at::Tensor mask_compress_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& mask);
+
 }  // namespace sparsekern

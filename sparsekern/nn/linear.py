@@ -21,6 +21,7 @@ from .. import _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import FLOAT_DTYPES, check_mask
 from .backend import check_backend, resolve_backend
+from .dense_fallback import DenseMaskedLinear, DenseWeightCache
 
 _CSR_BUFFERS = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
 
@@ -87,6 +88,7 @@ class SparseLinear(nn.Module):
                              persistent=False)
         self.register_buffer("_element_col_indices", None if self.block_size is None else elements.col_indices,
                              persistent=False)
+        self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
 
     def _layout_tensors(self):
         return tuple(getattr(self, "_layout_" + name) for name in _CSR_BUFFERS)
@@ -133,11 +135,13 @@ class SparseLinear(nn.Module):
         """
         if self.nnz == self.mask.numel():
             return self.weight_values.view(self.out_features, self.in_features)
-        if self.block_size is None:  # the CSR layout already is the element-level index
-            offsets, indices = self._layout_row_offsets, self._layout_col_indices
-        else:
-            offsets, indices = self._element_row_offsets, self._element_col_indices
-        return _ops.csr_to_dense(self.weight_values, offsets, indices, self.in_features)
+        return _ops.csr_to_dense(self.weight_values, *self._element_index(), self.in_features)
+
+    def _element_index(self):
+        """Element-level CSR (row_offsets, col_indices) of the mask: the CSR layout itself, or for BSR its own."""
+        if self.block_size is None:
+            return self._layout_row_offsets, self._layout_col_indices
+        return self._element_row_offsets, self._element_col_indices
 
     # ------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,10 +149,18 @@ class SparseLinear(nn.Module):
         leading = x.shape[:-1]
         x2d = x.reshape(math.prod(leading), self.in_features)
         if self.resolved_backend(x.device.type) == "dense":
-            y2d = F.linear(x2d, self.dense_weight(), self.bias)
+            y2d = self._dense_forward(x2d)
         else:
             y2d = self._sparse_forward(x2d)
         return y2d.reshape(*leading, self.out_features)
+
+    def _dense_forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        """The named dense fallback (dense_fallback.py); functional under torch.compile."""
+        if self.nnz == self.mask.numel() or torch.compiler.is_compiling():
+            return F.linear(x2d, self.dense_weight(), self.bias)
+        index = self._element_index()
+        weight = self._dense_cache.weight(self.weight_values, index[0], self.mask)
+        return DenseMaskedLinear.apply(x2d, self.weight_values, self.bias, weight, *index, self.mask)
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
         xt = x2d.t().contiguous()  # feature-major (in_features, B); free when x is already a transposed view

@@ -1,0 +1,164 @@
+// mask_expand_cpu / mask_compress_cpu: kept values <-> dense matrix, driven by the bool mask.
+//
+//   mask_expand_(values, row_offsets, mask, dense): dense = 0 where ~mask, the row's next value where mask
+//   mask_compress(dense, row_offsets, mask) -> dense[mask] in row-major order
+//
+// The dense fallback's per-step hot path (refill the dense weight, gather the weight gradient). With
+// AVX-512 one expand-load / compress-store moves 16 floats under a 16-bit mask, instead of one indexed
+// store or load per kept value; row_offsets tell each thread where its rows' values start.
+//
+// A mask and row_offsets that disagree must raise, not read or write past a row: each row kernel checks
+// its bound once per 16 columns (cheaper than a separate counting pass over the mask) and reports failure.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <type_traits>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define SPARSEKERN_MASK_SIMD 1
+#endif
+
+#include "../checks.h"
+#include "kernels.h"
+#include "partition.h"
+
+namespace sparsekern {
+namespace {
+
+#ifdef SPARSEKERN_MASK_SIMD
+inline __mmask16 keep_bits(const bool* keep) {
+  return _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep)), _mm_set1_epi8(1));
+}
+#endif
+
+template <typename T>
+inline bool expand_row(const T* src, const T* src_end, const bool* keep, int64_t n, T* dst) {
+  int64_t j = 0;
+#ifdef SPARSEKERN_MASK_SIMD
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 16 <= n; j += 16) {
+      const __mmask16 m = keep_bits(keep + j);
+      const unsigned count = _mm_popcnt_u32(m);
+      if (src + count > src_end) return false;
+      _mm512_storeu_ps(dst + j, _mm512_maskz_expandloadu_ps(m, src));
+      src += count;
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    if (!keep[j]) {
+      dst[j] = T(0);
+    } else {
+      if (src == src_end) return false;
+      dst[j] = *src++;
+    }
+  }
+  return src == src_end;
+}
+
+template <typename T>
+inline bool compress_row(const T* src, const bool* keep, int64_t n, T* dst, const T* dst_end) {
+  int64_t j = 0;
+#ifdef SPARSEKERN_MASK_SIMD
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 16 <= n; j += 16) {
+      const __mmask16 m = keep_bits(keep + j);
+      const unsigned count = _mm_popcnt_u32(m);
+      if (dst + count > dst_end) return false;
+      _mm512_mask_compressstoreu_ps(dst, m, _mm512_loadu_ps(src + j));
+      dst += count;
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    if (!keep[j]) continue;
+    if (dst == dst_end) return false;
+    *dst++ = src[j];
+  }
+  return dst == dst_end;
+}
+
+void check_mask_and_offsets(const at::Tensor& mask, const at::Tensor& row_offsets) {
+  check_cpu(mask, "mask");
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "mask: expected a bool tensor, got ", mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.is_contiguous(), "mask: expected a contiguous 2-D tensor, got shape ",
+                    mask.sizes());
+  check_index(row_offsets, "row_offsets", at::kInt);
+  TORCH_CHECK_VALUE(row_offsets.is_contiguous() && row_offsets.numel() == mask.size(0) + 1, "row_offsets: expected ",
+                    mask.size(0) + 1, " entries, got ", row_offsets.numel());
+  const int32_t* off = row_offsets.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(off[0] == 0, "row_offsets: expected to start at 0, got ", off[0]);
+  for (int64_t r = 0; r < mask.size(0); ++r) {
+    TORCH_CHECK_VALUE(off[r] <= off[r + 1], "row_offsets: decreases at row ", r);
+  }
+}
+
+constexpr const char* kMismatch =
+    "row_offsets: some row's entry count differs from what the mask keeps (they must describe the same mask)";
+
+}  // namespace
+
+void mask_expand_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& mask,
+                     const at::Tensor& dense) {
+  check_mask_and_offsets(mask, row_offsets);
+  check_float(values, "values");
+  check_float(dense, "dense");
+  TORCH_CHECK_TYPE(values.scalar_type() == dense.scalar_type(), "values: expected dtype ", dense.scalar_type(),
+                   " (the dense buffer's), got ", values.scalar_type());
+  TORCH_CHECK_VALUE(dense.is_contiguous() && dense.sizes() == mask.sizes(),
+                    "dense: expected a contiguous tensor of the mask's shape ", mask.sizes(), ", got ", dense.sizes());
+  const int32_t* off = row_offsets.data_ptr<int32_t>();
+  const int64_t nnz = off[mask.size(0)];
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values: expected shape (", nnz, ",), got ",
+                    values.sizes());
+  const at::Tensor v = values.contiguous();
+  const int64_t n_cols = mask.size(1);
+  std::atomic<bool> mismatch{false};
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "mask_expand_cpu", [&] {
+    const scalar_t* src = v.data_ptr<scalar_t>();
+    scalar_t* dst = dense.data_ptr<scalar_t>();
+    const bool* keep = mask.data_ptr<bool>();
+    parallel_over_rows(off, mask.size(0), [&](int64_t row_begin, int64_t row_end) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        if (!expand_row(src + off[r], src + off[r + 1], keep + r * n_cols, n_cols, dst + r * n_cols)) mismatch = true;
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(!mismatch, kMismatch);
+}
+
+at::Tensor mask_compress_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& mask) {
+  check_mask_and_offsets(mask, row_offsets);
+  check_float(dense, "dense");
+  TORCH_CHECK_VALUE(dense.sizes() == mask.sizes(), "dense: expected the mask's shape ", mask.sizes(), ", got ",
+                    dense.sizes());
+  const at::Tensor d = dense.contiguous();
+  const int32_t* off = row_offsets.data_ptr<int32_t>();
+  const int64_t n_cols = mask.size(1);
+  at::Tensor out = at::empty({off[mask.size(0)]}, d.options());
+  std::atomic<bool> mismatch{false};
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "mask_compress_cpu", [&] {
+    const scalar_t* src = d.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const bool* keep = mask.data_ptr<bool>();
+    parallel_over_rows(off, mask.size(0), [&](int64_t row_begin, int64_t row_end) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        if (!compress_row(src + r * n_cols, keep + r * n_cols, n_cols, dst + off[r], dst + off[r + 1])) {
+          mismatch = true;
+        }
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(!mismatch, kMismatch);
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(sparsekern, CPU, m) {
+  m.impl("mask_expand_", &mask_expand_cpu);
+  m.impl("mask_compress", &mask_compress_cpu);
+}
+
+}  // namespace sparsekern
