@@ -11,6 +11,7 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     csr_fill_dense_(values, row_offsets, col_indices, dense) -> () in place         }
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
     mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
+    transpose(x)                                             -> contiguous xᵀ (layer boundaries)
 
 ``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
 row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
@@ -39,6 +40,7 @@ SCHEMAS = {
     "csr_fill_dense_": "(Tensor values, Tensor row_offsets, Tensor col_indices, Tensor(a!) dense) -> ()",
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
     "mask_compress": "(Tensor dense, Tensor row_offsets, Tensor mask) -> Tensor",
+    "transpose": "(Tensor x) -> Tensor",
 }
 
 _lib = torch.library.Library("sparsekern", "DEF")
@@ -221,6 +223,18 @@ def _mask_compress_reference(dense, row_offsets, mask):
     return dense[mask]
 
 
+def _check_transpose(x):
+    _check_values_dtype("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D tensor, got shape {tuple(x.shape)}")
+
+
+@torch.library.impl(_lib, "transpose", "CompositeExplicitAutograd")
+def _transpose_reference(x):
+    _check_transpose(x)
+    return x.t().contiguous()
+
+
 # ------------------------------------------------------------------------------------------------ fakes
 
 def _fake_spmm(block):
@@ -269,6 +283,12 @@ def _fake_mask_compress(dense, row_offsets, mask):
     return dense.new_empty(torch.library.get_ctx().new_dynamic_size())
 
 
+@torch.library.register_fake("sparsekern::transpose", lib=_lib)
+def _fake_transpose(x):
+    _check_transpose(x)
+    return x.new_empty(x.shape[1], x.shape[0])
+
+
 csr_spmm = torch.ops.sparsekern.csr_spmm.default
 csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
@@ -278,6 +298,7 @@ csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
 csr_fill_dense_ = torch.ops.sparsekern.csr_fill_dense_.default
 mask_expand_ = torch.ops.sparsekern.mask_expand_.default
 mask_compress = torch.ops.sparsekern.mask_compress.default
+transpose = torch.ops.sparsekern.transpose.default
 
 
 # --------------------------------------------------------------------------------------------- autograd
@@ -365,3 +386,8 @@ torch.library.register_autograd("sparsekern::csr_to_dense", _to_dense_backward, 
                                 lib=_lib)
 torch.library.register_autograd("sparsekern::csr_from_dense", _from_dense_backward,
                                 setup_context=_from_dense_setup, lib=_lib)
+
+
+# transpose is its own gradient.
+torch.library.register_autograd("sparsekern::transpose", lambda ctx, grad: transpose(grad),
+                                setup_context=lambda ctx, inputs, output: None, lib=_lib)

@@ -47,3 +47,10 @@ void mask_expand_cpu(const at::Tensor& values, const at::Tensor& row_offsets, co
 at::Tensor mask_compress_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& mask);
 
 }  // namespace sparsekern
+
+namespace sparsekern {
+
+// A contiguous copy of x's transpose (2-D): the layout change at a sparse layer's boundary.
+at::Tensor transpose_cpu(const at::Tensor& x);
+
+}  // namespace sparsekern

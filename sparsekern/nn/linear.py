@@ -5,9 +5,10 @@ Trainable state is ``weight_values`` (one entry per kept weight, in the mask's r
 The ``mask`` buffer (bool, weight-shaped) is saved with the state_dict; the layout index tensors are derived
 from it (non-persistent buffers, rebuilt whenever the mask changes).
 
-Activations flow feature-major through the sparse path: the kernels compute ``Yᵀ = W Xᵀ`` and the layer
-returns ``Y`` as a transposed view, so a stack of SparseLinear + elementwise layers never copies activations
-between layers (elementwise ops keep the transposed strides).
+The sparse kernels work on feature-major activations: the layer transposes its input to ``(in, B)``,
+computes ``Yᵀ = W Xᵀ`` and transposes back, so it takes and returns ordinary contiguous ``(B, ...)``
+tensors like ``nn.Linear``. The transposes are a cache-blocked kernel (``sparsekern::transpose``); an input
+that already is a transposed view of a feature-major tensor is used without a copy.
 """
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ class SparseLinear(nn.Module):
         return DenseMaskedLinear.apply(x2d, self.weight_values, self.bias, weight, *index, self.mask)
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        xt = x2d.t().contiguous()  # feature-major (in_features, B); free when x is already a transposed view
+        # Feature-major (in_features, B): free when x already is a transposed view of such a tensor.
+        xt = x2d.t() if x2d.t().is_contiguous() else _ops.transpose(x2d)
         layout = self._layout_tensors()
         if self.block_size is None:
             yt = _ops.csr_spmm(self.weight_values, *layout, xt)
@@ -171,9 +173,8 @@ class SparseLinear(nn.Module):
             bh, bw = self.block_size
             blocks = self.weight_values.index_select(0, self._layout_from_elements).view(-1, bh, bw)
             yt = _ops.bsr_spmm(blocks, *layout, xt)
-        if self.bias is not None:
-            yt = yt + self.bias[:, None]
-        return yt.t()
+        y = _ops.transpose(yt)
+        return y + self.bias if self.bias is not None else y
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):

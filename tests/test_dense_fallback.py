@@ -1,0 +1,107 @@
+"""The dense fallback's ops (mask_expand_, mask_compress, csr_fill_dense_), the layer-boundary transpose, and
+the fallback's buffer reuse: every path exact against plain PyTorch, and no stale or shared weight."""
+import pytest
+import torch
+from torch import nn
+
+from sparsekern import CSRLayout, SparseLinear, _ops
+from sparsekern.masks import random_mask
+
+SHAPES = [(7, 123), (33, 16), (5, 17), (64, 64), (1, 1), (3, 0), (0, 4)]
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_mask_expand_and_compress_match_boolean_indexing(shape, sparsity, dtype):
+    mask = random_mask(shape, sparsity)
+    layout = CSRLayout.from_mask(mask)
+    values = torch.randn(layout.nnz, dtype=dtype)
+    dense = torch.full(shape, float("nan"), dtype=dtype)  # poisoned: every entry must be written
+    _ops.mask_expand_(values, layout.row_offsets, mask, dense)
+    expected = torch.zeros(shape, dtype=dtype)
+    expected[mask] = values
+    assert torch.equal(dense, expected)
+    source = torch.randn(shape, dtype=dtype)
+    assert torch.equal(_ops.mask_compress(source, layout.row_offsets, mask), source[mask])
+    filled = torch.zeros(shape, dtype=dtype)
+    _ops.csr_fill_dense_(values, layout.row_offsets, layout.col_indices, filled)
+    assert torch.equal(filled, expected)
+
+
+@pytest.mark.parametrize("op", ["expand", "compress"])
+def test_mask_and_offsets_that_disagree_raise(op):
+    mask = random_mask((8, 40), 0.5)
+    layout = CSRLayout.from_mask(mask)
+    other = mask.clone()
+    other[3, :] = True  # row 3 now keeps more than row_offsets gives it
+    with pytest.raises(ValueError, match="row_offsets: some row's entry count differs"):
+        if op == "expand":
+            _ops.mask_expand_(torch.randn(layout.nnz), layout.row_offsets, other, torch.empty(8, 40))
+        else:
+            _ops.mask_compress(torch.randn(8, 40), layout.row_offsets, other)
+
+
+def test_mask_ops_bad_types():
+    mask = random_mask((4, 6), 0.5)
+    layout = CSRLayout.from_mask(mask)
+    with pytest.raises(TypeError, match="mask: expected a .*bool"):
+        _ops.mask_compress(torch.randn(4, 6), layout.row_offsets, mask.float())
+    with pytest.raises(TypeError, match="values: expected dtype"):
+        _ops.mask_expand_(torch.randn(layout.nnz, dtype=torch.float64), layout.row_offsets, mask, torch.empty(4, 6))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_fallback_ops(requires_grad):
+    mask = random_mask((6, 20), 0.5)
+    layout = CSRLayout.from_mask(mask)
+    torch.library.opcheck(_ops.mask_expand_, (torch.randn(layout.nnz), layout.row_offsets, mask, torch.empty(6, 20)))
+    torch.library.opcheck(_ops.csr_fill_dense_, (torch.randn(layout.nnz), layout.row_offsets, layout.col_indices,
+                                                 torch.zeros(6, 20)))
+    torch.library.opcheck(_ops.transpose, (torch.randn(6, 20, requires_grad=requires_grad),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(256, 2048), (7, 13), (1, 5), (0, 3), (65, 33)], ids=str)
+def test_transpose(shape, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    assert torch.equal(_ops.transpose(x), x.t().contiguous())
+    assert torch.equal(_ops.transpose(x.t()), x)  # strided input
+    x64 = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ops.transpose, (x64,))
+
+
+def _fallback_layer(sparsity=0.5):
+    return SparseLinear(12, 10, mask=random_mask((10, 12), sparsity), backend="dense", dtype=torch.float64)
+
+
+def test_dense_fallback_sees_writes_through_data():
+    """Weights changed through .data (no version bump) must be used by the next forward, not a stale copy."""
+    layer = _fallback_layer()
+    x = torch.randn(3, 12, dtype=torch.float64)
+    layer(x)
+    layer.weight_values.data.mul_(2.0)
+    expected = nn.functional.linear(x, layer.dense_weight().detach(), layer.bias.detach())
+    assert torch.allclose(layer(x).detach(), expected, rtol=0, atol=1e-12)
+
+
+def test_dense_fallback_layer_used_twice_in_one_forward():
+    """Weight sharing: the second call must not overwrite the buffer the first call's backward needs."""
+    layer = _fallback_layer()
+    twin = nn.Linear(12, 10, dtype=torch.float64)
+    with torch.no_grad():
+        twin.weight.copy_(layer.dense_weight())
+        twin.bias.copy_(layer.bias)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    layer(torch.tanh(layer(x)[:, :12].repeat(1, 2)[:, :12])).sum().backward()
+    twin(torch.tanh(twin(x)[:, :12].repeat(1, 2)[:, :12])).sum().backward()
+    assert torch.allclose(layer.weight_values.grad, twin.weight.grad[layer.mask], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(layer.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_backend_output_is_contiguous_like_nn_linear():
+    layer = SparseLinear(12, 10, mask=random_mask((10, 12), 0.5), backend="sparse")
+    y = layer(torch.randn(4, 12))
+    assert y.is_contiguous() and y.shape == (4, 10)
+    y.view(-1)  # nn.Linear's output allows this; so must ours
