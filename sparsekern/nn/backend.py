@@ -12,10 +12,10 @@ from .. import _extension
 BACKENDS = ("auto", "sparse", "dense")
 
 # Smallest sparsity at which the compiled CPU kernels beat dense MKL in forward+backward, per layout.
-# Measured with `python -m benchmarks.run --suite crossover` (benchmarks/results/crossover_cpu.md):
-# 2 threads, float32, the three benchmark shapes; the threshold is the lowest sparsity at which the sparse
-# kernels were at least as fast as dense on every shape.
-CPU_MIN_SPARSITY = {"csr": 0.7, "bsr": 0.5}
+# Measured with `python -m benchmarks.run --suite crossover` (benchmarks/results/crossover_cpu.md and
+# crossover_cpu_fine.md): 2 threads, float32, shapes 2048x2048@256, 768x3072@2048, 4096x1024@128. CSR was
+# 0.87-1.01x dense at 0.8 and 1.27-2.0x at 0.9; 16x16 BSR 0.80-0.95x at 0.7 and 1.11-1.32x at 0.8.
+CPU_MIN_SPARSITY = {"csr": 0.85, "bsr": 0.75}
 
 
 def check_backend(backend: str) -> str:
