@@ -7,10 +7,11 @@ Quick start::
     model = sparsekern.sparsify(model, {"fc.weight": mask})        # swap layers of any model
 """
 from . import _ops  # noqa: F401  (defines the sparsekern:: ops before the extension registers kernels)
+from . import masks  # noqa: F401  (sparsekern.masks.random_mask without a separate import)
 from ._extension import AVAILABLE as extension_available
 from .layout import BSRLayout, CSRLayout
 from .nn import SparseLinear, sparsify
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseLinear", "sparsify", "CSRLayout", "BSRLayout", "extension_available", "__version__"]
+__all__ = ["SparseLinear", "sparsify", "CSRLayout", "BSRLayout", "masks", "extension_available", "__version__"]

@@ -1,8 +1,9 @@
 """Which backend a sparse layer runs: the sparse kernels or the dense masked GEMM.
 
 ``"sparse"`` runs the sparsekern ops (compiled kernel where one exists, else the reference).
-``"dense"`` is the named dense fallback: it scatters the kept values into a dense weight and calls the dense
-GEMM (MKL/cuBLAS). It skips nothing; it exists because at low sparsity a dense GEMM is faster.
+``"dense"`` is the named dense fallback (``dense_fallback.py``): the kept values are expanded into a dense
+weight and the dense GEMMs (MKL/cuBLAS) run. It skips nothing; it exists because at low sparsity a dense
+GEMM is faster.
 ``"auto"`` picks the sparse kernels at and above the sparsity where they start to win on this machine.
 """
 from __future__ import annotations

@@ -37,7 +37,8 @@ class SparseLinear(nn.Module):
         block_size: ``None`` for an unstructured mask (CSR kernels), or ``(bh, bw)`` / ``b`` when the mask is
             made of whole ``bh×bw`` blocks (BSR kernels); ``bh``/``bw`` must divide the weight's shape.
         backend: ``"auto"`` (sparse kernels above the measured crossover sparsity, dense below),
-            ``"sparse"`` or ``"dense"`` (named dense fallback: scatter the kept values, dense GEMM).
+            ``"sparse"`` or ``"dense"`` (the named dense fallback: expand the kept values into a dense weight,
+            dense GEMMs; see dense_fallback.py).
 
     Input ``(*, in_features)`` float32/float64 → output ``(*, out_features)``. Initialisation matches
     ``nn.Linear`` (Kaiming-uniform over the dense fan-in), restricted to the kept weights.
