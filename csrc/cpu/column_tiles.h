@@ -22,10 +22,6 @@ inline int64_t choose_tile_cols(int64_t n_cols, int64_t row_stride_bytes) {
   return std::max<int64_t>(1, std::min(tile, n_cols));
 }
 
-// Pack batch chunks (packing.h) when rows are further apart than this: at batch 2048 (8 KB rows) packing
-// ran 1.5x faster at 90% sparsity; at batch 128-256 (0.5-1 KB rows) it was slower than banding alone.
-constexpr int64_t kPackRowStrideBytes = 1024;
-
 // bounds[(r - row_begin) * (n_tiles + 1) + t] = first entry of row r whose column is >= t * tile;
 // the last bound of each row is the row's end. One pass over the rows' entries.
 inline std::vector<int32_t> tile_bounds(const int32_t* offsets, const int32_t* cols, int64_t row_begin,

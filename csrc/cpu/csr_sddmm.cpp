@@ -44,15 +44,8 @@ void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int3
                       int64_t n_cols, int64_t batch, T* out) {
   constexpr int64_t C = kChunk<T>;
   const int64_t n_full = batch / C;
-  // b's full chunks are read from a packed copy (packing.h) when b's rows are far apart.
-  const T* packed = b;
-  int64_t packed_ld = batch;
-  if (n_full > 0 && batch * static_cast<int64_t>(sizeof(T)) > kPackRowStrideBytes) {
-    T* buffer = packing_buffer<T>(n_full * n_cols * C);
-    pack_batch_chunks(b, n_cols, batch, C, n_full, buffer);
-    packed = buffer, packed_ld = C;
-  }
-  const int64_t tile = choose_tile_cols(n_cols, packed_ld * sizeof(T));
+  const ChunkedOperand<T> operand = chunked_operand(b, n_cols, batch, C);  // packing.h
+  const int64_t tile = choose_tile_cols(n_cols, operand.ld * sizeof(T));
   const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     if (batch == 0) {
@@ -62,9 +55,9 @@ void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int3
     const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
     for (int64_t b0 = 0; b0 < batch; b0 += C) {
       const int64_t width = std::min(C, batch - b0);
-      const bool is_packed = b0 < n_full * C && packed_ld == C;
-      const T* slab = is_packed ? packed + (b0 / C) * n_cols * C : b + b0;
-      const int64_t ld = is_packed ? C : batch;
+      const bool full_chunk = b0 < n_full * C;  // a partial last chunk is read from b itself
+      const T* slab = full_chunk ? operand.chunk(b0 / C, n_cols, C) : b + b0;
+      const int64_t ld = full_chunk ? operand.ld : batch;
       for (int64_t t = 0; t < n_tiles; ++t) {
         for (int64_t r = row_begin; r < row_end; ++r) {
           const int32_t* bd = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;

@@ -80,26 +80,19 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
   constexpr int kWide = 4;  // vectors per chunk: 4 (+4 odd) accumulators, 64 floats with AVX-512
   constexpr int64_t C = kWide * L;
   const int64_t n_full = batch / C;
-  // Full chunks read a packed copy (packing.h) when dense's rows are far apart.
-  const T* packed = dense;
-  int64_t packed_ld = batch;
-  if (n_full > 0 && batch * static_cast<int64_t>(sizeof(T)) > kPackRowStrideBytes) {
-    T* buffer = packing_buffer<T>(n_full * n_cols * C);
-    pack_batch_chunks(dense, n_cols, batch, C, n_full, buffer);
-    packed = buffer, packed_ld = C;
-  }
-  const int64_t tile = choose_tile_cols(n_cols, packed_ld * sizeof(T));
+  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
+  const int64_t tile = choose_tile_cols(n_cols, operand.ld * sizeof(T));
   const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
     for (int64_t c = 0; c < n_full; ++c) {
-      const T* slab = packed_ld == C ? packed + c * n_cols * C : packed + c * C;
+      const T* slab = operand.chunk(c, n_cols, C);
       // Rows x bands; band 0 writes every row (even empty ones), later bands add.
       for (int64_t t = 0; t < n_tiles; ++t) {
         for (int64_t r = row_begin; r < row_end; ++r) {
           const int32_t* b = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
           if (t == 0 || b[1] > b[0]) {
-            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, packed_ld, t != 0, out + r * batch + c * C);
+            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, operand.ld, t != 0, out + r * batch + c * C);
           }
         }
       }
