@@ -8,7 +8,6 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
     csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
     csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
-    csr_fill_dense_(values, row_offsets, col_indices, dense) -> () in place         }
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
     mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
     transpose(x)                                             -> contiguous xᵀ (layer boundaries)
@@ -25,7 +24,6 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .layout import row_ids
 
 _LAYOUT_ARGS = ("Tensor row_offsets, Tensor col_indices, Tensor t_row_offsets, Tensor t_col_indices, "
                 "Tensor t_perm, Tensor t_perm_inv")
@@ -37,7 +35,6 @@ SCHEMAS = {
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
     "csr_from_dense": "(Tensor dense, Tensor row_offsets, Tensor col_indices) -> Tensor",
-    "csr_fill_dense_": "(Tensor values, Tensor row_offsets, Tensor col_indices, Tensor(a!) dense) -> ()",
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
     "mask_compress": "(Tensor dense, Tensor row_offsets, Tensor mask) -> Tensor",
     "transpose": "(Tensor x) -> Tensor",
@@ -184,13 +181,6 @@ def _csr_from_dense_reference(dense, row_offsets, col_indices):
     return reference.csr_values_from_dense(dense, row_offsets, col_indices)
 
 
-@torch.library.impl(_lib, "csr_fill_dense_", "CompositeExplicitAutograd")
-def _csr_fill_dense_reference(values, row_offsets, col_indices, dense):
-    _check_convert(row_offsets, col_indices, "values", values.numel(), "values", values)
-    with torch.no_grad():
-        dense[row_ids(row_offsets), col_indices.long()] = values
-
-
 def _check_mask_args(row_offsets, mask, float_name, float_tensor):
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise TypeError(f"mask: expected a 2-D bool tensor, got {mask.dtype} with shape {tuple(mask.shape)}")
@@ -267,11 +257,6 @@ def _fake_from_dense(dense, row_offsets, col_indices):
     return dense.new_empty(col_indices.shape[0])
 
 
-@torch.library.register_fake("sparsekern::csr_fill_dense_", lib=_lib)
-def _fake_fill_dense(values, row_offsets, col_indices, dense):
-    _check_convert(row_offsets, col_indices, "values", values.shape[0], "values", values)
-
-
 @torch.library.register_fake("sparsekern::mask_expand_", lib=_lib)
 def _fake_mask_expand(values, row_offsets, mask, dense):
     _check_mask_args(row_offsets, mask, "values", values)
@@ -295,7 +280,6 @@ bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
 bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
 csr_to_dense = torch.ops.sparsekern.csr_to_dense.default
 csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
-csr_fill_dense_ = torch.ops.sparsekern.csr_fill_dense_.default
 mask_expand_ = torch.ops.sparsekern.mask_expand_.default
 mask_compress = torch.ops.sparsekern.mask_compress.default
 transpose = torch.ops.sparsekern.transpose.default

@@ -1,5 +1,4 @@
 // csr_to_dense_cpu / csr_from_dense_cpu: move kept values between compact (CSR order) and a dense matrix.
-// csr_fill_dense_cpu writes kept values into an existing dense buffer in place (pruned entries untouched).
 //
 // These serve the *dense fallback* (backend="dense", below the measured crossover) and export, never a
 // sparse path. They are each other's gradient. Threads split rows; each row is written (or read) front
@@ -43,33 +42,6 @@ at::Tensor csr_to_dense_cpu(const at::Tensor& values, const at::Tensor& row_offs
   return out;
 }
 
-void csr_fill_dense_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
-                        const at::Tensor& dense) {
-  check_float(dense, "dense");
-  TORCH_CHECK_VALUE(dense.dim() == 2 && dense.is_contiguous() && dense.size(0) == row_offsets.numel() - 1,
-                    "dense: expected a contiguous (", row_offsets.numel() - 1, ", n_cols) tensor, got shape ",
-                    dense.sizes());
-  check_compressed(row_offsets, col_indices, dense.size(1), "row_offsets", "col_indices");
-  check_float(values, "values");
-  TORCH_CHECK_TYPE(values.scalar_type() == dense.scalar_type(), "values: expected dtype ", dense.scalar_type(),
-                   " (the dense buffer's), got ", values.scalar_type());
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col_indices.numel(), "values: expected shape (",
-                    col_indices.numel(), ",), got ", values.sizes());
-  const at::Tensor v = values.contiguous();
-  const int32_t* off = row_offsets.data_ptr<int32_t>();
-  const int32_t* cols = col_indices.data_ptr<int32_t>();
-  const int64_t n_cols = dense.size(1);
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_fill_dense_cpu", [&] {
-    const scalar_t* src = v.data_ptr<scalar_t>();
-    scalar_t* dst = dense.data_ptr<scalar_t>();
-    parallel_over_rows(off, dense.size(0), [&](int64_t row_begin, int64_t row_end) {
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        for (int64_t i = off[r]; i < off[r + 1]; ++i) dst[r * n_cols + cols[i]] = src[i];
-      }
-    });
-  });
-}
-
 at::Tensor csr_from_dense_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& col_indices) {
   check_float(dense, "dense");
   TORCH_CHECK_VALUE(dense.dim() == 2 && dense.size(0) == row_offsets.numel() - 1, "dense: expected shape (",
@@ -98,7 +70,6 @@ at::Tensor csr_from_dense_cpu(const at::Tensor& dense, const at::Tensor& row_off
 TORCH_LIBRARY_IMPL(sparsekern, CPU, m) {
   m.impl("csr_to_dense", &csr_to_dense_cpu);
   m.impl("csr_from_dense", &csr_from_dense_cpu);
-  m.impl("csr_fill_dense_", &csr_fill_dense_cpu);
 }
 
 }  // namespace sparsekern

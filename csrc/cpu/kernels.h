@@ -32,9 +32,6 @@ at::Tensor csr_to_dense_cpu(const at::Tensor& values, const at::Tensor& row_offs
 
 at::Tensor csr_from_dense_cpu(const at::Tensor& dense, const at::Tensor& row_offsets, const at::Tensor& col_indices);
 
-// In place: dense[r, col_indices[i]] = values[i] for every stored entry; other entries are left as they are.
-void csr_fill_dense_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
-                        const at::Tensor& dense);
 
 }  // namespace sparsekern
 
