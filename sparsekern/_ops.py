@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from .layout import check_compressed
 
 _LAYOUT_ARGS = ("Tensor row_offsets, Tensor col_indices, Tensor t_row_offsets, Tensor t_col_indices, "
                 "Tensor t_perm, Tensor t_perm_inv")
@@ -112,20 +113,11 @@ def _check_sddmm(a, b, layout, block):
 
 
 def _check_layout_values(row_offsets, col_indices, t_row_offsets, t_col_indices, *_):
-    """What the C++ kernels check before reading (checks.h): offsets run 0..nnz without decreasing, indices
-    in range. Run by the reference too, so a corrupt layout fails the same way on every path."""
-    n_cols = t_row_offsets.shape[0] - 1
-    for o_name, offsets, i_name, indices, bound in (("row_offsets", row_offsets, "col_indices", col_indices, n_cols),
-                                                    ("t_row_offsets", t_row_offsets, "t_col_indices", t_col_indices,
-                                                     row_offsets.shape[0] - 1)):
-        nnz = indices.shape[0]
-        if offsets.shape[0] < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != nnz:
-            raise ValueError(f"{o_name}: expected to run from 0 to nnz={nnz}")
-        if bool((offsets[1:] < offsets[:-1]).any()):
-            raise ValueError(f"{o_name}: must be non-decreasing")
-        if nnz and (int(indices.min()) < 0 or int(indices.max()) >= bound):
-            raise ValueError(f"{i_name}: expected indices in [0, {bound}), got range "
-                             f"[{int(indices.min())}, {int(indices.max())}]")
+    """The reference reads through the layout too: a corrupt one must raise there as it does in the C++
+    kernels (checks.h), so both halves get the layout module's own check."""
+    n_rows, n_cols = row_offsets.shape[0] - 1, t_row_offsets.shape[0] - 1
+    check_compressed("row_offsets", "col_indices", row_offsets, col_indices, n_rows, n_cols)
+    check_compressed("t_row_offsets", "t_col_indices", t_row_offsets, t_col_indices, n_cols, n_rows)
 
 
 # ----------------------------------------------------------------------------- reference (all devices)

@@ -104,8 +104,8 @@ class CSRLayout:
     def validate(self) -> "CSRLayout":
         """Check every invariant the kernels rely on; raise ValueError naming the broken one."""
         n_rows, n_cols = self.shape
-        _check_compressed("row_offsets", "col_indices", self.row_offsets, self.col_indices, n_rows, n_cols)
-        _check_compressed("t_row_offsets", "t_col_indices", self.t_row_offsets, self.t_col_indices,
+        check_compressed("row_offsets", "col_indices", self.row_offsets, self.col_indices, n_rows, n_cols)
+        check_compressed("t_row_offsets", "t_col_indices", self.t_row_offsets, self.t_col_indices,
                           n_cols, n_rows)
         _check_permutation(self.t_perm, self.t_perm_inv, self.nnz)
         # The transpose must describe the same set of positions.
@@ -204,7 +204,8 @@ def _check_block_size(block_size, shape) -> tuple[int, int]:
     return bh, bw
 
 
-def _check_compressed(offsets_name, indices_name, offsets, indices, n_rows, n_cols):
+def check_compressed(offsets_name, indices_name, offsets, indices, n_rows, n_cols):
+    """Offsets run 0..nnz without decreasing, indices lie in [0, n_cols) and increase within each row."""
     for name, t in ((offsets_name, offsets), (indices_name, indices)):
         if t.dtype != torch.int32 or t.dim() != 1:
             raise ValueError(f"layout: {name} must be a 1-D int32 tensor, got {t.dtype} with shape "

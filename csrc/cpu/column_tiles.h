@@ -2,7 +2,7 @@
 // slab of the dense operand those entries read (band columns × one batch chunk) stays in cache.
 //
 // Each stored entry reads a slice of the dense operand at a random row; bands bound the address range
-// those reads cover so the slab stays in L2 (see choose_tile_cols). The price is reloading each row's
+// those reads cover so the slab stays in L2 (see choose_column_bands). The price is reloading each row's
 // output chunk once per band, which is small next to the entries a row has per band.
 #pragma once
 
@@ -12,14 +12,20 @@
 
 namespace sparsekern {
 
-// Band width, in input columns, for an operand whose consecutive rows are `row_stride_bytes` apart: the
-// band's slab spans about half of L2 in address space. A span, not a byte count, because slices of
-// strided rows map to a fraction of the cache sets. Measured (2048x2048, batch 256, 1 thread): 1024-column
-// bands ran 1.3-1.9x faster than no bands at 90-98% sparsity and tied at 99%.
-inline int64_t choose_tile_cols(int64_t n_cols, int64_t row_stride_bytes) {
+struct ColumnBands {
+  int64_t width;  // input columns per band
+  int64_t count;  // bands covering n_cols (at least one, so empty operands still write their outputs)
+};
+
+// Bands for an operand whose consecutive rows are `row_stride_bytes` apart: a band's slab spans about half
+// of L2 in address space. A span, not a byte count, because slices of strided rows map to a fraction of the
+// cache sets. Measured (2048x2048, batch 256, 1 thread): 1024-column bands ran 1.3-1.9x faster than no
+// bands at 90-98% sparsity and tied at 99%.
+inline ColumnBands choose_column_bands(int64_t n_cols, int64_t row_stride_bytes) {
   constexpr int64_t kSpanBytes = 1 << 20;
-  const int64_t tile = std::max<int64_t>(16, kSpanBytes / std::max<int64_t>(row_stride_bytes, 1));
-  return std::max<int64_t>(1, std::min(tile, n_cols));
+  const int64_t span_cols = std::max<int64_t>(16, kSpanBytes / std::max<int64_t>(row_stride_bytes, 1));
+  const int64_t width = std::max<int64_t>(1, std::min(span_cols, n_cols));
+  return {width, std::max<int64_t>(1, (n_cols + width - 1) / width)};
 }
 
 // bounds[(r - row_begin) * (n_tiles + 1) + t] = first entry of row r whose column is >= t * tile;

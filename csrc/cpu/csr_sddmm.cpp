@@ -45,8 +45,8 @@ void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int3
   constexpr int64_t C = kChunk<T>;
   const int64_t n_full = batch / C;
   const ChunkedOperand<T> operand = chunked_operand(b, n_cols, batch, C);  // packing.h
-  const int64_t tile = choose_tile_cols(n_cols, operand.ld * sizeof(T));
-  const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
+  const ColumnBands bands = choose_column_bands(n_cols, operand.ld * sizeof(T));  // column_tiles.h
+  const int64_t tile = bands.width, n_tiles = bands.count;
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     if (batch == 0) {
       std::fill(out + offsets[row_begin], out + offsets[row_end], T(0));

@@ -81,8 +81,8 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
   constexpr int64_t C = kWide * L;
   const int64_t n_full = batch / C;
   const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
-  const int64_t tile = choose_tile_cols(n_cols, operand.ld * sizeof(T));
-  const int64_t n_tiles = std::max<int64_t>(1, (n_cols + tile - 1) / tile);
+  const ColumnBands bands = choose_column_bands(n_cols, operand.ld * sizeof(T));  // column_tiles.h
+  const int64_t tile = bands.width, n_tiles = bands.count;
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
     for (int64_t c = 0; c < n_full; ++c) {
