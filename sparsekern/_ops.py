@@ -189,9 +189,15 @@ def _check_mask_matches_offsets(row_offsets, mask):
                          "describe the same mask)")
 
 
+def _check_mask_expand(values, row_offsets, mask, dense):
+    _check_mask_args(row_offsets, mask, "values", values)
+    if values.dtype != dense.dtype:
+        raise TypeError(f"values: expected dtype {dense.dtype} (the dense buffer's), got {values.dtype}")
+
+
 @torch.library.impl(_lib, "mask_expand_", "CompositeExplicitAutograd")
 def _mask_expand_reference(values, row_offsets, mask, dense):
-    _check_mask_args(row_offsets, mask, "values", values)
+    _check_mask_expand(values, row_offsets, mask, dense)
     _check_mask_matches_offsets(row_offsets, mask)
     with torch.no_grad():
         dense.zero_()
@@ -251,7 +257,7 @@ def _fake_from_dense(dense, row_offsets, col_indices):
 
 @torch.library.register_fake("sparsekern::mask_expand_", lib=_lib)
 def _fake_mask_expand(values, row_offsets, mask, dense):
-    _check_mask_args(row_offsets, mask, "values", values)
+    _check_mask_expand(values, row_offsets, mask, dense)
 
 
 @torch.library.register_fake("sparsekern::mask_compress", lib=_lib)

@@ -96,6 +96,20 @@ def test_dense_fallback_layer_used_twice_in_one_forward():
     assert torch.allclose(layer.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)
 
 
+def test_dense_fallback_backward_uses_the_weights_of_its_forward():
+    """A graph kept across a weight update: the first backward must use the weights its forward saw, even
+    though a second forward (after the update) refilled the layer's dense weight in between."""
+    layer = _fallback_layer()
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    first_weight = layer.dense_weight().detach().clone()
+    y1 = layer(x)
+    layer.weight_values.data.mul_(3.0)  # through .data: autograd's version check does not see it
+    layer(x)  # refills the dense weight with the new values
+    grad = torch.randn_like(y1)
+    (dx,) = torch.autograd.grad(y1, x, grad)
+    assert torch.allclose(dx, grad @ first_weight, rtol=1e-12, atol=1e-12)
+
+
 def test_sparse_backend_output_is_contiguous_like_nn_linear():
     layer = SparseLinear(12, 10, mask=random_mask((10, 12), 0.5), backend="sparse")
     y = layer(torch.randn(4, 12))

@@ -59,7 +59,9 @@ class DenseMaskedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, bias, weight, row_offsets, col_indices, mask):
-        ctx.save_for_backward(x, values, weight, row_offsets, col_indices, mask)
+        # Save a view, not the buffer itself: a view holds the buffer's storage, which is what the cache's
+        # _held_elsewhere() counts, so no later forward refills this buffer before this backward has run.
+        ctx.save_for_backward(x, values, weight.view(weight.shape), row_offsets, col_indices, mask)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
