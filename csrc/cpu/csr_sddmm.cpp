@@ -3,10 +3,13 @@
 // This is the weight gradient dW = (dYᵀ X) ⊙ M computed only at kept positions: a = dYᵀ (n_rows, B),
 // b = Xᵀ (n_cols, B), both feature-major. Work is nnz × B multiply-adds; the dense dYᵀ X is never formed.
 //
-// Tiling: threads split the rows. The batch is cut into chunks of kChunk columns so a[r, chunk] stays in
-// L1; where rows are dense enough, column bands keep b[band, chunk] in L1 too (column_tiles.h). Within a
-// row, four stored entries are done together so each load of a[r, j] feeds four FMAs (four independent
-// reduction chains, dots.h). Chunks after the first accumulate into out.
+// Tiling: threads split the rows. The batch is cut into chunks of kChunk columns (1 KB: the whole batch up
+// to 256 floats) so a[r, chunk] stays in L1 and each entry reads one contiguous slice of b; column bands
+// keep the slices a thread reads within L2 (column_tiles.h). Within a row, a group of 16 stored entries
+// (8 for double) is done together: each load of a[r, j] feeds 16 FMAs into 16 independent accumulators,
+// and one transposing reduction sums all 16 (dots.h). Chunks after the first accumulate into out.
+// Measured (2048x2048, batch 256, 2 threads): 1.8-2x faster than groups of four with per-entry sums over
+// 128-float chunks.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -24,18 +27,18 @@ namespace sparsekern {
 namespace {
 
 template <typename T>
-constexpr int64_t kChunk = 512 / sizeof(T);  // 128 floats / 64 doubles
+constexpr int64_t kChunk = 1024 / sizeof(T);  // 256 floats / 128 doubles
 
 // Dot products of one row of `a` with the `b` rows of entries [begin, end), into out[begin:end].
 template <typename T>
 inline void row_dots(const T* a_row, const T* b, int64_t ld, const int32_t* cols, int64_t begin, int64_t end,
                      int64_t width, bool first, T* out) {
-  constexpr int64_t kGroup = 64;  // gather row pointers a group at a time
-  const T* rows[kGroup];
-  for (int64_t g = begin; g < end; g += kGroup) {
-    const int64_t count = std::min(kGroup, end - g);
-    for (int64_t k = 0; k < count; ++k) rows[k] = b + static_cast<int64_t>(cols[g + k]) * ld;
-    dots_into(a_row, rows, count, width, first, out + g);
+  constexpr int64_t G = kDotGroup<T>;
+  const T* rows[G];
+  for (int64_t g = begin; g < end; g += G) {
+    const int count = static_cast<int>(std::min(G, end - g));
+    for (int k = 0; k < count; ++k) rows[k] = b + static_cast<int64_t>(cols[g + k]) * ld;
+    dot_group(a_row, rows, count, width, first, out + g);
   }
 }
 

@@ -1,0 +1,91 @@
+// Square register-block transposes: TransposeBlock<T>::run(src, lds, dst, ldd) writes
+// dst[j * ldd + i] = src[i * lds + j] for a kSize x kSize block (16x16 float, 8x8 double with AVX-512).
+// kSize is 0 where no such block exists (other targets): callers then take a scalar path.
+//
+// Float, in four shuffle stages (each output row c = 4L + k gathers lane L of four stage-2 vectors):
+//   1. unpack{lo,hi}_ps of row pairs      -> 2x2 blocks of 32-bit elements per 128-bit lane
+//   2. unpack{lo,hi}_pd of those          -> lane L of u[4g + k] holds rows 4g..4g+3 at column 4L + k
+//   3. shuffle_f32x4 0x44 / 0xEE          -> lanes {0,1} / {2,3} of u[k], u[4+k] (and of u[8+k], u[12+k])
+//   4. shuffle_f32x4 0x88 / 0xDD          -> [u[k].L, u[4+k].L, u[8+k].L, u[12+k].L] = output row 4L + k
+// Double skips stage 2: after stage 1, lane L of t[2g + k] holds rows 2g, 2g+1 at column 2L + k.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+// GCC 12 reports the deliberately undefined pass-through operand inside the unpack/shuffle intrinsics as
+// -W(maybe-)uninitialized; the instructions have no pass-through, so the warning is noise.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace sparsekern {
+
+template <typename T>
+struct TransposeBlock {
+  static constexpr int64_t kSize = 0;
+  static void run(const T*, int64_t, T*, int64_t) {}
+};
+
+#if defined(__AVX512F__)
+
+template <>
+struct TransposeBlock<float> {
+  static constexpr int64_t kSize = 16;
+  static inline void run(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // u[4g + k]: rows 4g..4g+3, column 4L + k, from t[4g], t[4g+2] (k = 0, 1) and t[4g+1], t[4g+3] (k = 2, 3).
+    for (int g = 0; g < 4; ++g) {
+      const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+      const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+      r[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+      r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int k = 0; k < 4; ++k) {
+      const __m512 v_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
+      const __m512 w_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
+      const __m512 v_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
+      const __m512 w_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
+      _mm512_storeu_ps(dst + (0 + k) * ldd, _mm512_shuffle_f32x4(v_lo, w_lo, 0x88));
+      _mm512_storeu_ps(dst + (4 + k) * ldd, _mm512_shuffle_f32x4(v_lo, w_lo, 0xDD));
+      _mm512_storeu_ps(dst + (8 + k) * ldd, _mm512_shuffle_f32x4(v_hi, w_hi, 0x88));
+      _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(v_hi, w_hi, 0xDD));
+    }
+  }
+};
+
+template <>
+struct TransposeBlock<double> {
+  static constexpr int64_t kSize = 8;
+  static inline void run(const double* src, int64_t lds, double* dst, int64_t ldd) {
+    __m512d r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+      const __m512d v_lo = _mm512_shuffle_f64x2(t[k], t[2 + k], 0x44);
+      const __m512d w_lo = _mm512_shuffle_f64x2(t[4 + k], t[6 + k], 0x44);
+      const __m512d v_hi = _mm512_shuffle_f64x2(t[k], t[2 + k], 0xEE);
+      const __m512d w_hi = _mm512_shuffle_f64x2(t[4 + k], t[6 + k], 0xEE);
+      _mm512_storeu_pd(dst + (0 + k) * ldd, _mm512_shuffle_f64x2(v_lo, w_lo, 0x88));
+      _mm512_storeu_pd(dst + (2 + k) * ldd, _mm512_shuffle_f64x2(v_lo, w_lo, 0xDD));
+      _mm512_storeu_pd(dst + (4 + k) * ldd, _mm512_shuffle_f64x2(v_hi, w_hi, 0x88));
+      _mm512_storeu_pd(dst + (6 + k) * ldd, _mm512_shuffle_f64x2(v_hi, w_hi, 0xDD));
+    }
+  }
+};
+
+#endif  // __AVX512F__
+
+}  // namespace sparsekern
