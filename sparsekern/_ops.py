@@ -11,6 +11,7 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
     mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
     transpose(x)                                             -> contiguous xᵀ (layer boundaries)
+    permute(values, perm, perm_inv)                          -> values[perm] (values in CSC order)
 
 ``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
 row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
@@ -39,6 +40,7 @@ SCHEMAS = {
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
     "mask_compress": "(Tensor dense, Tensor row_offsets, Tensor mask) -> Tensor",
     "transpose": "(Tensor x) -> Tensor",
+    "permute": "(Tensor values, Tensor perm, Tensor perm_inv) -> Tensor",
 }
 
 _lib = torch.library.Library("sparsekern", "DEF")
@@ -223,6 +225,27 @@ def _transpose_reference(x):
     return x.t().contiguous()
 
 
+def _check_permute(values, perm, perm_inv):
+    _check_values_dtype("values", values)
+    if values.dim() == 0:
+        raise ValueError("values: expected at least one dimension, got a scalar")
+    for name, t in (("perm", perm), ("perm_inv", perm_inv)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name}: expected a 1-D int64 tensor, got {t.dtype} with shape {tuple(t.shape)}")
+    if perm.shape[0] != values.shape[0] or perm_inv.shape[0] != values.shape[0]:
+        raise ValueError(f"perm, perm_inv: expected {values.shape[0]} entries each (values.shape[0]), got "
+                         f"{perm.shape[0]} and {perm_inv.shape[0]}")
+
+
+@torch.library.impl(_lib, "permute", "CompositeExplicitAutograd")
+def _permute_reference(values, perm, perm_inv):
+    _check_permute(values, perm, perm_inv)
+    outside = (perm < 0) | (perm >= values.shape[0])
+    if bool(outside.any()):
+        raise ValueError(f"perm: expected indices in [0, {values.shape[0]}), got {int(perm[outside][0])}")
+    return values.index_select(0, perm)
+
+
 # ------------------------------------------------------------------------------------------------ fakes
 
 def _fake_spmm(block):
@@ -272,6 +295,12 @@ def _fake_transpose(x):
     return x.new_empty(x.shape[1], x.shape[0])
 
 
+@torch.library.register_fake("sparsekern::permute", lib=_lib)
+def _fake_permute(values, perm, perm_inv):
+    _check_permute(values, perm, perm_inv)
+    return torch.empty_like(values, memory_format=torch.contiguous_format)
+
+
 csr_spmm = torch.ops.sparsekern.csr_spmm.default
 csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
@@ -281,6 +310,7 @@ csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
 mask_expand_ = torch.ops.sparsekern.mask_expand_.default
 mask_compress = torch.ops.sparsekern.mask_compress.default
 transpose = torch.ops.sparsekern.transpose.default
+permute = torch.ops.sparsekern.permute.default
 
 
 # --------------------------------------------------------------------------------------------- autograd
@@ -291,8 +321,8 @@ def _transposed(layout):
     return (t_row_offsets, t_col_indices, row_offsets, col_indices, t_perm_inv, t_perm)
 
 
-def _transposed_values(values, t_perm, block):
-    values_t = values.index_select(0, t_perm)
+def _transposed_values(values, layout, block):
+    values_t = permute(values, layout[4], layout[5])
     return values_t.transpose(1, 2).contiguous() if block else values_t
 
 
@@ -306,7 +336,7 @@ def _spmm_autograd(spmm, sddmm, block):
         grad = grad.contiguous()  # one copy, shared by both gradients below
         d_values = d_dense = None
         if ctx.needs_input_grad[-1]:
-            d_dense = spmm(_transposed_values(values, layout[4], block), *_transposed(layout), grad)
+            d_dense = spmm(_transposed_values(values, layout, block), *_transposed(layout), grad)
         if ctx.needs_input_grad[0]:
             # A block grid with no rows or no columns gives bsr_sddmm no way to derive bh/bw from a and b;
             # its gradient is empty anyway.
@@ -329,7 +359,7 @@ def _sddmm_autograd(spmm, block):
         if ctx.needs_input_grad[0]:
             d_a = spmm(grad, *layout, b)
         if ctx.needs_input_grad[1]:
-            d_b = spmm(_transposed_values(grad, layout[4], block), *_transposed(layout), a)
+            d_b = spmm(_transposed_values(grad, layout, block), *_transposed(layout), a)
         return (d_a, d_b, *([None] * 6))
 
     return backward, setup_context
@@ -373,3 +403,17 @@ torch.library.register_autograd("sparsekern::csr_from_dense", _from_dense_backwa
 # transpose is its own gradient.
 torch.library.register_autograd("sparsekern::transpose", lambda ctx, grad: transpose(grad),
                                 setup_context=lambda ctx, inputs, output: None, lib=_lib)
+
+
+# permute's gradient is the inverse permutation.
+def _permute_setup(ctx, inputs, output):
+    _, perm, perm_inv = inputs
+    ctx.save_for_backward(perm, perm_inv)
+
+
+def _permute_backward(ctx, grad):
+    perm, perm_inv = ctx.saved_tensors
+    return permute(grad.contiguous(), perm_inv, perm), None, None
+
+
+torch.library.register_autograd("sparsekern::permute", _permute_backward, setup_context=_permute_setup, lib=_lib)

@@ -51,3 +51,10 @@ namespace sparsekern {
 at::Tensor transpose_cpu(const at::Tensor& x);
 
 }  // namespace sparsekern
+
+namespace sparsekern {
+
+// values[perm] along dim 0: kept values in the transposed layout's order (perm_inv is its inverse).
+at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv);
+
+}  // namespace sparsekern

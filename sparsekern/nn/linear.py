@@ -86,6 +86,8 @@ class SparseLinear(nn.Module):
         for name, tensor in zip(_CSR_BUFFERS, tensors):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
         self.register_buffer("_layout_from_elements", from_elements, persistent=False)
+        to_elements = None if from_elements is None else torch.argsort(from_elements)  # its inverse
+        self.register_buffer("_layout_to_elements", to_elements, persistent=False)
         self.register_buffer("_element_row_offsets", None if self.block_size is None else elements.row_offsets,
                              persistent=False)
         self.register_buffer("_element_col_indices", None if self.block_size is None else elements.col_indices,
@@ -172,7 +174,8 @@ class SparseLinear(nn.Module):
             yt = _ops.csr_spmm(self.weight_values, *layout, xt)
         else:
             bh, bw = self.block_size
-            blocks = self.weight_values.index_select(0, self._layout_from_elements).view(-1, bh, bw)
+            blocks = _ops.permute(self.weight_values, self._layout_from_elements, self._layout_to_elements)
+            blocks = blocks.view(-1, bh, bw)
             yt = _ops.bsr_spmm(blocks, *layout, xt)
         y = _ops.transpose(yt)
         return y + self.bias if self.bias is not None else y
