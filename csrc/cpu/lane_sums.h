@@ -13,6 +13,10 @@
 
 #include <cstdint>
 
+#include <cstring>
+
+#include "simd.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -91,3 +95,23 @@ struct LaneSums<double> {
 }  // namespace sparsekern
 
 #endif  // __AVX512F__
+
+namespace sparsekern {
+
+// sums[k] = the sum of acc[k]'s lanes for k < Simd<T>::kLanes: one transposing tree with AVX-512, lane by
+// lane elsewhere.
+template <typename T>
+inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
+  constexpr int G = static_cast<int>(Simd<T>::kLanes);
+#if defined(__AVX512F__)
+  using L = LaneSums<T>;
+  typename L::vec v[G];
+  for (int k = 0; k < G; ++k) v[k] = reinterpret_cast<const typename L::vec&>(acc[k]);
+  const typename L::vec s = L::sums(v);
+  std::memcpy(sums, &s, sizeof(s));
+#else
+  for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
+#endif
+}
+
+}  // namespace sparsekern
