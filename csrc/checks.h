@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace sparsekern {
 
@@ -30,6 +31,18 @@ inline void check_dense(const at::Tensor& t, const char* name, at::ScalarType dt
   TORCH_CHECK_VALUE(t.dim() == 2, name, ": expected a 2-D (features, batch) tensor, got shape ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.size(0) == rows, name, ": expected ", rows, " rows, got shape ", t.sizes());
+}
+
+// An optional bias for an output with n_rows features: undefined if absent, else a contiguous 1-D tensor
+// of n_rows entries with the dtype of `like`.
+inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& like, int64_t n_rows) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_cpu(*bias, "bias");
+  TORCH_CHECK_TYPE(bias->scalar_type() == like.scalar_type(), "bias: expected dtype ", like.scalar_type(), ", got ",
+                   bias->scalar_type());
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n_rows, "bias: expected shape (", n_rows, ",), got ",
+                    bias->sizes());
+  return bias->contiguous();
 }
 
 // Checks one compressed index (CSR, or the CSC half): offsets run 0..nnz without decreasing and every

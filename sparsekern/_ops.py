@@ -6,6 +6,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     csr_spmm(values, layout..., dense)  -> S @ dense           (n_rows, B)
     csr_sddmm(a, b, layout...)          -> (a @ bᵀ)[kept]       (nnz,)
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
+    csr_spmm_bt / bsr_spmm_bt(values, layout..., dense, bias?) -> (S @ dense)ᵀ + bias   (B, n_rows): the
+                                           layer's output layout, transposed in cache by the kernel
     csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
     csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
@@ -35,6 +37,8 @@ SCHEMAS = {
     "csr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "bsr_spmm": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense) -> Tensor",
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
+    "csr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
+    "bsr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
     "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
     "csr_from_dense": "(Tensor dense, Tensor row_offsets, Tensor col_indices) -> Tensor",
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
@@ -92,6 +96,18 @@ def _check_spmm(values, layout, dense, block):
         raise ValueError(f"values: expected shape ({nnz},), got {tuple(values.shape)}")
     _check_dense("dense", dense, values.dtype, n_cols * bw)
     return n_rows * bh
+
+
+def _check_spmm_bt(values, layout, dense, bias, block):
+    n_rows = _check_spmm(values, layout, dense, block)
+    if bias is not None:
+        if bias.dtype != values.dtype:
+            raise TypeError(f"bias: expected dtype {values.dtype}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != n_rows:
+            raise ValueError(f"bias: expected shape ({n_rows},), got {tuple(bias.shape)}")
+        if bias.device != values.device:
+            raise ValueError(f"bias: expected a tensor on {values.device}, got one on {bias.device}")
+    return n_rows
 
 
 def _check_sddmm(a, b, layout, block):
@@ -152,6 +168,22 @@ def _bsr_sddmm_reference(a, b, *layout):
     _check_sddmm(a, b, layout, block=True)
     _check_layout_values(*layout)
     return reference.bsr_sddmm(a, b, *layout)
+
+
+def _spmm_bt_reference(block):
+    spmm = reference.bsr_spmm if block else reference.csr_spmm
+
+    def impl(values, *args):
+        *layout, dense, bias = args
+        _check_spmm_bt(values, layout, dense, bias, block)
+        _check_layout_values(*layout)
+        out = spmm(values, *layout, dense).t().contiguous()
+        return out + bias if bias is not None else out
+    return impl
+
+
+torch.library.impl(_lib, "csr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(False))
+torch.library.impl(_lib, "bsr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(True))
 
 
 def _check_convert(row_offsets, col_indices, nnz_name, nnz, float_name, float_tensor):
@@ -264,6 +296,17 @@ def _fake_sddmm(block):
 torch.library.register_fake("sparsekern::csr_spmm", _fake_spmm(False), lib=_lib)
 torch.library.register_fake("sparsekern::bsr_spmm", _fake_spmm(True), lib=_lib)
 torch.library.register_fake("sparsekern::csr_sddmm", _fake_sddmm(False), lib=_lib)
+
+
+def _fake_spmm_bt(block):
+    def fake(values, *args):
+        *layout, dense, bias = args
+        return dense.new_empty(dense.shape[1], _check_spmm_bt(values, layout, dense, bias, block))
+    return fake
+
+
+torch.library.register_fake("sparsekern::csr_spmm_bt", _fake_spmm_bt(False), lib=_lib)
+torch.library.register_fake("sparsekern::bsr_spmm_bt", _fake_spmm_bt(True), lib=_lib)
 torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
 
 @torch.library.register_fake("sparsekern::csr_to_dense", lib=_lib)
@@ -305,6 +348,8 @@ csr_spmm = torch.ops.sparsekern.csr_spmm.default
 csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
 bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
+csr_spmm_bt = torch.ops.sparsekern.csr_spmm_bt.default
+bsr_spmm_bt = torch.ops.sparsekern.bsr_spmm_bt.default
 csr_to_dense = torch.ops.sparsekern.csr_to_dense.default
 csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
 mask_expand_ = torch.ops.sparsekern.mask_expand_.default
@@ -365,11 +410,35 @@ def _sddmm_autograd(spmm, block):
     return backward, setup_context
 
 
+def _spmm_bt_autograd(spmm, sddmm, block):
+    """y = (S @ dense)ᵀ + bias: the spmm gradients of gradᵀ, and the batch sum for the bias."""
+    def setup_context(ctx, inputs, output):
+        values, *layout, dense, bias = inputs
+        ctx.save_for_backward(values, dense, *layout)
+
+    def backward(ctx, grad):
+        values, dense, *layout = ctx.saved_tensors
+        grad_t = transpose(grad)  # (n_rows, B), shared by both sparse gradients
+        d_values = d_dense = d_bias = None
+        if ctx.needs_input_grad[-2]:
+            d_dense = spmm(_transposed_values(values, layout, block), *_transposed(layout), grad_t)
+        if ctx.needs_input_grad[0]:
+            empty_grid = block and (grad_t.shape[0] == 0 or dense.shape[0] == 0)
+            d_values = torch.zeros_like(values) if empty_grid else sddmm(grad_t, dense, *layout)
+        if ctx.needs_input_grad[-1]:
+            d_bias = grad.sum(0)
+        return (d_values, *([None] * 6), d_dense, d_bias)
+
+    return backward, setup_context
+
+
 for _op, _spmm, _sddmm, _block in (("csr", csr_spmm, csr_sddmm, False), ("bsr", bsr_spmm, bsr_sddmm, True)):
     _bw, _setup = _spmm_autograd(_spmm, _sddmm, _block)
     torch.library.register_autograd(f"sparsekern::{_op}_spmm", _bw, setup_context=_setup, lib=_lib)
     _bw, _setup = _sddmm_autograd(_spmm, _block)
     torch.library.register_autograd(f"sparsekern::{_op}_sddmm", _bw, setup_context=_setup, lib=_lib)
+    _bw, _setup = _spmm_bt_autograd(_spmm, _sddmm, _block)
+    torch.library.register_autograd(f"sparsekern::{_op}_spmm_bt", _bw, setup_context=_setup, lib=_lib)
 
 
 # csr_to_dense and csr_from_dense are each other's gradient.

@@ -32,6 +32,8 @@ OPS = {
     "csr_sddmm": (torch.ops.sparsekern.csr_sddmm, _ops._csr_sddmm_reference),
     "bsr_spmm": (torch.ops.sparsekern.bsr_spmm, _ops._bsr_spmm_reference),
     "bsr_sddmm": (torch.ops.sparsekern.bsr_sddmm, _ops._bsr_sddmm_reference),
+    "csr_spmm_bt": (torch.ops.sparsekern.csr_spmm_bt, _ops._spmm_bt_reference(False)),
+    "bsr_spmm_bt": (torch.ops.sparsekern.bsr_spmm_bt, _ops._spmm_bt_reference(True)),
 }
 IMPLS = ["op", "reference"]
 
@@ -254,6 +256,9 @@ def test_ops_batch_zero(name, dtype, impl):
     if name.endswith("spmm"):
         out = op(values, *layout.tensors(), torch.randn(12, 0, dtype=dtype))
         assert out.shape == (6, 0) and out.dtype == dtype
+    elif name.endswith("spmm_bt"):
+        out = op(values, *layout.tensors(), torch.randn(12, 0, dtype=dtype), torch.randn(6, dtype=dtype))
+        assert out.shape == (0, 6) and out.dtype == dtype
     else:
         out = op(torch.randn(6, 0, dtype=dtype), torch.randn(12, 0, dtype=dtype), *layout.tensors())
         assert out.dtype == dtype
@@ -284,6 +289,11 @@ def test_ops_with_other_thread_counts(name, threads):
             out = op(values, *layout.tensors(), dense)
             ref = oracle_mm(to_dense(values), dense)
             assert_error_budget(out, to_dense(values) @ dense, ref, 2.0, name)
+        elif name.endswith("spmm_bt"):  # each thread transposes its own rows into the output
+            values, bias = to_blocks(_weight(mask, F32)), torch.randn(n_rows)
+            dense = torch.randn(n_cols, 83)
+            out = op(values, *layout.tensors(), dense, bias)
+            assert torch.equal(out, OPS[name[:-3]][0](values, *layout.tensors(), dense).t() + bias)
         else:
             a, b = torch.randn(n_rows, 83), torch.randn(n_cols, 83)
             out = op(a, b, *layout.tensors())
@@ -387,6 +397,59 @@ def test_bsr_sddmm_grad_accuracy(block_size, grid, batch, kind, dtype):
     _assert_exact_zero_rows(b.grad, ~mask.any(0), "d_b")
 
 
+# ------------------------------------------------------------------ batch-major output (*_spmm_bt, layers)
+
+def _spmm_bt_case(layout_kind, case, kind, dtype):
+    """(values, layout tensors, dense, n_rows) for one CSR shape or BSR grid."""
+    if layout_kind == "csr":
+        n_rows, n_cols, batch = case
+        mask = _csr_mask(n_rows, n_cols, kind)
+        return _weight(mask, dtype)[mask], CSRLayout.from_mask(mask).tensors(), n_cols, batch, n_rows
+    (grid, batch), block_size = case
+    mask = _bsr_mask(grid, block_size, kind)
+    layout = BSRLayout.from_mask(mask, block_size)
+    return dense_to_blocks(_weight(mask, dtype), layout), layout.tensors(), mask.shape[1], batch, mask.shape[0]
+
+
+_BT_CASES = ([("csr", shape) for shape in CSR_SHAPES]
+             + [("bsr", (grid_batch, bs)) for grid_batch in BSR_GRIDS for bs in [(2, 3), (16, 16)]])
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", [0.0, 0.5, 0.99, 1.0, "pruned_lines"], ids=str)
+@pytest.mark.parametrize("layout_kind,case", _BT_CASES, ids=str)
+def test_spmm_bt_is_the_transposed_product_plus_bias(layout_kind, case, kind, dtype, with_bias):
+    """The kernel's in-cache transpose and bias add are exact: (S @ dense)ᵀ + bias, bit for bit, with the
+    feature-major op's own product (whose float64 accuracy the tests above hold against the exact oracle); in
+    float32 the float64 reference agrees within the error budget."""
+    values, lt, n_cols, batch, n_rows = _spmm_bt_case(layout_kind, case, kind, dtype)
+    dense = torch.randn(n_cols, batch, dtype=F64).to(dtype)
+    bias = torch.randn(n_rows, dtype=F64).to(dtype) if with_bias else None
+    spmm, spmm_bt = OPS[f"{layout_kind}_spmm"][0], OPS[f"{layout_kind}_spmm_bt"]
+    out = spmm_bt[0](values, *lt, dense, bias)
+    product = spmm(values, *lt, dense).t()
+    expected = product + bias if with_bias else product
+    assert out.shape == (batch, n_rows) and out.is_contiguous() and out.dtype == dtype
+    assert torch.equal(out, expected)
+    if dtype == F64:
+        return
+    ref = spmm_bt[1](values.double(), *lt, dense.double(), None if bias is None else bias.double())
+    baseline = spmm_bt[1](values, *lt, dense, bias)
+    assert_error_budget(out, baseline, ref, 2.0, f"{layout_kind}_spmm_bt")
+
+
+@pytest.mark.parametrize("name", ["csr_spmm_bt", "bsr_spmm_bt"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_spmm_bt_bad_bias(name, impl):
+    op, args, _ = _small_case(name, 0.5, requires_grad=False)
+    *rest, bias = args
+    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\)" if name.startswith("csr") else "bias: expected shape"):
+        _impl(name, impl)(*rest, bias[:-1])
+    with pytest.raises(TypeError, match="bias: expected dtype"):
+        _impl(name, impl)(*rest, bias.float())
+
+
 # ------------------------------------------------------------------------- gradcheck / gradgradcheck / opcheck
 
 def _small_case(name, kind="pruned_lines", dtype=F64, requires_grad=True, batch=3):
@@ -405,6 +468,9 @@ def _small_case(name, kind="pruned_lines", dtype=F64, requires_grad=True, batch=
     if name.endswith("spmm"):
         dense = torch.randn(n_cols, batch, dtype=dtype)
         args, diff = (values, *lt, dense), (0, 7)
+    elif name.endswith("spmm_bt"):
+        dense, bias = torch.randn(n_cols, batch, dtype=dtype), torch.randn(n_rows, dtype=dtype)
+        args, diff = (values, *lt, dense, bias), (0, 7, 8)
     else:
         a, b = torch.randn(n_rows, batch, dtype=dtype), torch.randn(n_cols, batch, dtype=dtype)
         args, diff = (a, b, *lt), (0, 1)

@@ -14,6 +14,7 @@
 
 #include "../checks.h"
 #include "kernels.h"
+#include "output_sink.h"
 #include "partition.h"
 #include "simd.h"
 
@@ -85,40 +86,48 @@ inline void block_row_chunk(const T* values, int64_t bh, int64_t bw, const int32
   }
 }
 
-template <typename T>
+template <typename T, typename Sink>
 void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
-                     int64_t n_block_rows, const T* dense, int64_t batch, T* out) {
+                     int64_t n_block_rows, const T* dense, int64_t batch, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
   parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
+    // Element rows; the sink's rows are `batch` apart, as block_row_chunk's output is (output_sink.h).
+    const SinkRows<T> out = sink.begin(row_begin * bh, row_end * bh, batch);
     int64_t b0 = 0;
     for (; b0 + kWide * L <= batch; b0 += kWide * L) {
       for (int64_t R = row_begin; R < row_end; ++R) {
         block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                                  out + R * bh * batch + b0);
+                                  out.at(R * bh) + b0);
       }
     }
     for (; b0 + L <= batch; b0 += L) {
       for (int64_t R = row_begin; R < row_end; ++R) {
         block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                              out + R * bh * batch + b0);
+                              out.at(R * bh) + b0);
       }
     }
     if (b0 < batch) {
       for (int64_t R = row_begin; R < row_end; ++R) {
         for (int64_t r = 0; r < bh; ++r) {
           block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
-                                     batch - b0, out + (R * bh + r) * batch + b0);
+                                     batch - b0, out.at(R * bh + r) + b0);
         }
       }
     }
+    sink.finish(out, row_begin * bh, row_end * bh, batch);
   });
 }
 
 }  // namespace
 
-at::Tensor bsr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+namespace {
+
+// The checks and the dispatch shared by both output layouts.
+template <typename MakeOut, typename MakeSink>
+at::Tensor bsr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                         const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
-                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                        const MakeOut& make_out, const MakeSink& make_sink) {
   const LayoutShape shape =
       check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
   check_float(values, "values");
@@ -129,16 +138,48 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets,
   const at::Tensor v = values.contiguous();
   const at::Tensor d = dense.contiguous();
   const int64_t batch = d.size(1);
-  at::Tensor out = at::empty({shape.n_rows * bh, batch}, d.options());
+  at::Tensor out = make_out(shape.n_rows * bh, batch, d.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "bsr_spmm_cpu", [&] {
     bsr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), bh, bw, row_offsets.data_ptr<int32_t>(),
                               col_indices.data_ptr<int32_t>(), shape.n_rows, d.data_ptr<scalar_t>(), batch,
-                              out.data_ptr<scalar_t>());
+                              make_sink(out, shape.n_rows * bh, scalar_t{}));
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(sparsekern, CPU, m) { m.impl("bsr_spmm", &bsr_spmm_cpu); }
+}  // namespace
+
+at::Tensor bsr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
+  return bsr_spmm_run(
+      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({n_rows, batch}, o); },
+      [](const at::Tensor& out, int64_t, auto zero) {
+        using T = decltype(zero);
+        return FeatureMajorSink<T>{out.data_ptr<T>()};
+      });
+}
+
+at::Tensor bsr_spmm_bt_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                           const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                           const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                           const std::optional<at::Tensor>& bias) {
+  const int64_t n_rows = (row_offsets.numel() - 1) * (values.dim() == 3 ? values.size(1) : 0);
+  const at::Tensor b = checked_bias(bias, values, n_rows);
+  return bsr_spmm_run(
+      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({batch, n_rows}, o); },
+      [&](const at::Tensor& out, int64_t n_rows, auto zero) {
+        using T = decltype(zero);
+        return BatchMajorSink<T>{out.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr, n_rows};
+      });
+}
+
+TORCH_LIBRARY_IMPL(sparsekern, CPU, m) {
+  m.impl("bsr_spmm", &bsr_spmm_cpu);
+  m.impl("bsr_spmm_bt", &bsr_spmm_bt_cpu);
+}
 
 }  // namespace sparsekern

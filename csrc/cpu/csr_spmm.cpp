@@ -19,6 +19,7 @@
 
 #include "../checks.h"
 #include "column_tiles.h"
+#include "output_sink.h"
 #include "packing.h"
 #include "kernels.h"
 #include "partition.h"
@@ -73,9 +74,9 @@ inline void row_times_dense_tail(const T* values, const int32_t* cols, int64_t b
   }
 }
 
-template <typename T>
+template <typename T, typename Sink>
 void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
-                     const T* dense, int64_t batch, T* out) {
+                     const T* dense, int64_t batch, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
   constexpr int kWide = 4;  // vectors per chunk: 4 (+4 odd) accumulators, 64 floats with AVX-512
   constexpr int64_t C = kWide * L;
@@ -85,6 +86,7 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
   const int64_t tile = bands.width, n_tiles = bands.count;
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
+    const SinkRows<T> out = sink.begin(row_begin, row_end, batch);  // output_sink.h
     for (int64_t c = 0; c < n_full; ++c) {
       const T* slab = operand.chunk(c, n_cols, C);
       // Rows x bands; band 0 writes every row (even empty ones), later bands add.
@@ -92,7 +94,7 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
         for (int64_t r = row_begin; r < row_end; ++r) {
           const int32_t* b = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
           if (t == 0 || b[1] > b[0]) {
-            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, operand.ld, t != 0, out + r * batch + c * C);
+            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, operand.ld, t != 0, out.at(r) + c * C);
           }
         }
       }
@@ -100,23 +102,29 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
     int64_t b0 = n_full * C;
     for (; b0 + L <= batch; b0 += L) {
       for (int64_t r = row_begin; r < row_end; ++r) {
-        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false, out + r * batch + b0);
+        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false, out.at(r) + b0);
       }
     }
     if (b0 < batch) {
       for (int64_t r = row_begin; r < row_end; ++r) {
         row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, batch - b0,
-                             out + r * batch + b0);
+                             out.at(r) + b0);
       }
     }
+    sink.finish(out, row_begin, row_end, batch);
   });
 }
 
 }  // namespace
 
-at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+namespace {
+
+// The checks and the dispatch shared by both output layouts; `make_out(batch)` allocates the output.
+template <typename MakeOut, typename MakeSink>
+at::Tensor csr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                         const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
-                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                        const MakeOut& make_out, const MakeSink& make_sink) {
   const LayoutShape shape =
       check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
   check_float(values, "values");
@@ -126,16 +134,47 @@ at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets,
   const at::Tensor v = values.contiguous();
   const at::Tensor d = dense.contiguous();
   const int64_t batch = d.size(1);
-  at::Tensor out = at::empty({shape.n_rows, batch}, d.options());
+  at::Tensor out = make_out(shape.n_rows, batch, d.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_cpu", [&] {
     csr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
                               col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(), batch,
-                              out.data_ptr<scalar_t>());
+                              make_sink(out, shape.n_rows, scalar_t{}));
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(sparsekern, CPU, m) { m.impl("csr_spmm", &csr_spmm_cpu); }
+}  // namespace
+
+at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                        const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                        const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
+  return csr_spmm_run(
+      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({n_rows, batch}, o); },
+      [](const at::Tensor& out, int64_t, auto zero) {
+        using T = decltype(zero);
+        return FeatureMajorSink<T>{out.data_ptr<T>()};
+      });
+}
+
+at::Tensor csr_spmm_bt_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                           const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                           const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                           const std::optional<at::Tensor>& bias) {
+  const at::Tensor b = checked_bias(bias, values, row_offsets.numel() - 1);
+  return csr_spmm_run(
+      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({batch, n_rows}, o); },
+      [&](const at::Tensor& out, int64_t n_rows, auto zero) {
+        using T = decltype(zero);
+        return BatchMajorSink<T>{out.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr, n_rows};
+      });
+}
+
+TORCH_LIBRARY_IMPL(sparsekern, CPU, m) {
+  m.impl("csr_spmm", &csr_spmm_cpu);
+  m.impl("csr_spmm_bt", &csr_spmm_bt_cpu);
+}
 
 }  // namespace sparsekern

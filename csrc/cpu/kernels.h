@@ -4,11 +4,25 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace sparsekern {
 
 at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                         const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
                         const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense);
+
+// The same products transposed, plus an optional bias: (S @ dense)ᵀ + bias, (B, n_rows). The layout a
+// layer returns, without a separate transpose pass.
+at::Tensor csr_spmm_bt_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                           const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                           const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                           const std::optional<at::Tensor>& bias);
+
+at::Tensor bsr_spmm_bt_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                           const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                           const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
+                           const std::optional<at::Tensor>& bias);
 
 at::Tensor csr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_offsets,
                          const at::Tensor& col_indices, const at::Tensor& t_row_offsets,

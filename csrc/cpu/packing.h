@@ -13,21 +13,9 @@
 #include <cstring>
 #include <vector>
 
-namespace sparsekern {
+#include "scratch.h"
 
-// A scratch buffer of at least `numel` elements, owned by the calling thread and reused across calls so
-// large packs do not pay fresh page faults every step. It grows to the largest operand seen. Aligned to a
-// cache line: the kernels' vector loads of packed slices must not straddle two lines (misaligned, the
-// SpMM ran 1.7x slower).
-template <typename T>
-inline T* packing_buffer(int64_t numel) {
-  constexpr int64_t kAlign = 64;
-  thread_local std::vector<T> buffer;
-  const int64_t padded = numel + kAlign / static_cast<int64_t>(sizeof(T));
-  if (static_cast<int64_t>(buffer.size()) < padded) buffer.resize(padded);
-  const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
-  return reinterpret_cast<T*>((address + kAlign - 1) / kAlign * kAlign);
-}
+namespace sparsekern {
 
 // dst[c][r][0:width] = src[r][c*width : (c+1)*width] for the first n_chunks full chunks.
 template <typename T>
@@ -58,7 +46,7 @@ template <typename T>
 inline ChunkedOperand<T> chunked_operand(const T* src, int64_t rows, int64_t batch, int64_t width) {
   const int64_t n_full = batch / width;
   if (n_full == 0 || batch <= width) return {src, batch, false};  // one chunk: already contiguous
-  T* buffer = packing_buffer<T>(n_full * rows * width);
+  T* buffer = scratch_buffer<T, struct PackedOperandTag>(n_full * rows * width);
   pack_batch_chunks(src, rows, batch, width, n_full, buffer);
   return {buffer, width, true};
 }

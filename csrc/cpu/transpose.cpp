@@ -20,35 +20,13 @@
 namespace sparsekern {
 namespace {
 
-// Scalar tiles: rows [i0, i1) x columns [j0, j1) of x into out (rows of out are `rows` long).
 template <typename T>
-inline void transpose_tile_scalar(const T* __restrict x, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                                  int64_t row_stride, int64_t col_stride, int64_t rows, T* __restrict out) {
-  for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t i = i0; i < i1; ++i) out[j * rows + i] = x[i * row_stride + j * col_stride];
-  }
-}
-
-template <typename T>
-void transpose_kernel(const T* __restrict x, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
-                      T* __restrict out) {
-  constexpr int64_t K = TransposeBlock<T>::kSize;  // 0 where no register transpose exists
-  constexpr int64_t kTile = K > 0 ? K : 32;
-  const bool simd = K > 0 && col_stride == 1;
+void transpose_kernel(const T* x, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride, T* out) {
+  constexpr int64_t kTile = 32;  // rows per task; a multiple of every register block
   const int64_t row_tiles = (rows + kTile - 1) / kTile;
   at::parallel_for(0, row_tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    for (int64_t t = tile_begin; t < tile_end; ++t) {
-      const int64_t i0 = t * kTile, i1 = std::min(rows, i0 + kTile);
-      int64_t j0 = 0;
-      if (simd && i1 - i0 == kTile) {
-        for (; j0 + kTile <= cols; j0 += kTile) {
-          TransposeBlock<T>::run(x + i0 * row_stride + j0, row_stride, out + j0 * rows + i0, rows);
-        }
-      }
-      for (; j0 < cols; j0 += kTile) {
-        transpose_tile_scalar(x, i0, i1, j0, std::min(cols, j0 + kTile), row_stride, col_stride, rows, out);
-      }
-    }
+    transpose_rows<T, false>(x, tile_begin * kTile, std::min(rows, tile_end * kTile), cols, row_stride, col_stride,
+                             out, rows, nullptr);
   });
 }
 

@@ -1,5 +1,6 @@
-// Square register-block transposes: TransposeBlock<T>::run(src, lds, dst, ldd) writes
-// dst[j * ldd + i] = src[i * lds + j] for a kSize x kSize block (16x16 float, 8x8 double with AVX-512).
+// Square register-block transposes: TransposeBlock<T>::run<kBias>(src, lds, dst, ldd, bias) writes
+// dst[j * ldd + i] = src[i * lds + j] (+ bias[i] when kBias) for a kSize x kSize block (16x16 float, 8x8
+// double with AVX-512).
 // kSize is 0 where no such block exists (other targets): callers then take a scalar path.
 //
 // Float, in four shuffle stages (each output row c = 4L + k gathers lane L of four stage-2 vectors):
@@ -10,6 +11,7 @@
 // Double skips stage 2: after stage 1, lane L of t[2g + k] holds rows 2g, 2g+1 at column 2L + k.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__AVX512F__)
@@ -26,7 +28,8 @@ namespace sparsekern {
 template <typename T>
 struct TransposeBlock {
   static constexpr int64_t kSize = 0;
-  static void run(const T*, int64_t, T*, int64_t) {}
+  template <bool kBias>
+  static void run(const T*, int64_t, T*, int64_t, const T*) {}
 };
 
 #if defined(__AVX512F__)
@@ -34,7 +37,8 @@ struct TransposeBlock {
 template <>
 struct TransposeBlock<float> {
   static constexpr int64_t kSize = 16;
-  static inline void run(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  template <bool kBias>
+  static inline void run(const float* src, int64_t lds, float* dst, int64_t ldd, const float* bias) {
     __m512 r[16], t[16];
     for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
     for (int i = 0; i < 16; i += 2) {
@@ -50,15 +54,18 @@ struct TransposeBlock<float> {
       r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
       r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
     }
+    // Every output row holds src rows 0..15 at one column: bias[0..15] is one vector for all of them.
+    const __m512 b = kBias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const auto put = [&](int row, __m512 v) { _mm512_storeu_ps(dst + row * ldd, kBias ? _mm512_add_ps(v, b) : v); };
     for (int k = 0; k < 4; ++k) {
       const __m512 v_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
       const __m512 w_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
       const __m512 v_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
       const __m512 w_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
-      _mm512_storeu_ps(dst + (0 + k) * ldd, _mm512_shuffle_f32x4(v_lo, w_lo, 0x88));
-      _mm512_storeu_ps(dst + (4 + k) * ldd, _mm512_shuffle_f32x4(v_lo, w_lo, 0xDD));
-      _mm512_storeu_ps(dst + (8 + k) * ldd, _mm512_shuffle_f32x4(v_hi, w_hi, 0x88));
-      _mm512_storeu_ps(dst + (12 + k) * ldd, _mm512_shuffle_f32x4(v_hi, w_hi, 0xDD));
+      put(0 + k, _mm512_shuffle_f32x4(v_lo, w_lo, 0x88));
+      put(4 + k, _mm512_shuffle_f32x4(v_lo, w_lo, 0xDD));
+      put(8 + k, _mm512_shuffle_f32x4(v_hi, w_hi, 0x88));
+      put(12 + k, _mm512_shuffle_f32x4(v_hi, w_hi, 0xDD));
     }
   }
 };
@@ -66,26 +73,57 @@ struct TransposeBlock<float> {
 template <>
 struct TransposeBlock<double> {
   static constexpr int64_t kSize = 8;
-  static inline void run(const double* src, int64_t lds, double* dst, int64_t ldd) {
+  template <bool kBias>
+  static inline void run(const double* src, int64_t lds, double* dst, int64_t ldd, const double* bias) {
     __m512d r[8], t[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src + i * lds);
     for (int i = 0; i < 8; i += 2) {
       t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
       t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
     }
+    const __m512d b = kBias ? _mm512_loadu_pd(bias) : _mm512_setzero_pd();
+    const auto put = [&](int row, __m512d v) { _mm512_storeu_pd(dst + row * ldd, kBias ? _mm512_add_pd(v, b) : v); };
     for (int k = 0; k < 2; ++k) {
       const __m512d v_lo = _mm512_shuffle_f64x2(t[k], t[2 + k], 0x44);
       const __m512d w_lo = _mm512_shuffle_f64x2(t[4 + k], t[6 + k], 0x44);
       const __m512d v_hi = _mm512_shuffle_f64x2(t[k], t[2 + k], 0xEE);
       const __m512d w_hi = _mm512_shuffle_f64x2(t[4 + k], t[6 + k], 0xEE);
-      _mm512_storeu_pd(dst + (0 + k) * ldd, _mm512_shuffle_f64x2(v_lo, w_lo, 0x88));
-      _mm512_storeu_pd(dst + (2 + k) * ldd, _mm512_shuffle_f64x2(v_lo, w_lo, 0xDD));
-      _mm512_storeu_pd(dst + (4 + k) * ldd, _mm512_shuffle_f64x2(v_hi, w_hi, 0x88));
-      _mm512_storeu_pd(dst + (6 + k) * ldd, _mm512_shuffle_f64x2(v_hi, w_hi, 0xDD));
+      put(0 + k, _mm512_shuffle_f64x2(v_lo, w_lo, 0x88));
+      put(2 + k, _mm512_shuffle_f64x2(v_lo, w_lo, 0xDD));
+      put(4 + k, _mm512_shuffle_f64x2(v_hi, w_hi, 0x88));
+      put(6 + k, _mm512_shuffle_f64x2(v_hi, w_hi, 0xDD));
     }
   }
 };
 
 #endif  // __AVX512F__
+
+// Rows [i0, i1) of x (row_stride, col_stride; `cols` columns) into columns [i0, i1) of out:
+// out[j * out_ld + i] = x[i * row_stride + j * col_stride] (+ bias[i]). Serial; callers split the rows.
+template <typename T, bool kBias>
+inline void transpose_rows(const T* __restrict x, int64_t i0, int64_t i1, int64_t cols, int64_t row_stride,
+                           int64_t col_stride, T* __restrict out, int64_t out_ld, const T* __restrict bias) {
+  constexpr int64_t K = TransposeBlock<T>::kSize;  // 0 where no register transpose exists
+  constexpr int64_t kTile = K > 0 ? K : 32;
+  for (int64_t t0 = i0; t0 < i1; t0 += kTile) {
+    const int64_t t1 = std::min(i1, t0 + kTile);
+    int64_t j0 = 0;
+    if (K > 0 && col_stride == 1 && t1 - t0 == kTile) {
+      for (; j0 + kTile <= cols; j0 += kTile) {
+        TransposeBlock<T>::template run<kBias>(x + t0 * row_stride + j0, row_stride, out + j0 * out_ld + t0, out_ld,
+                                               kBias ? bias + t0 : nullptr);
+      }
+    }
+    for (; j0 < cols; j0 += kTile) {  // scalar tiles: edges, strided columns, other targets
+      const int64_t j1 = std::min(cols, j0 + kTile);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = t0; i < t1; ++i) {
+          const T v = x[i * row_stride + j * col_stride];
+          out[j * out_ld + i] = kBias ? v + bias[i] : v;
+        }
+      }
+    }
+  }
+}
 
 }  // namespace sparsekern

@@ -167,18 +167,15 @@ class SparseLinear(nn.Module):
         return DenseMaskedLinear.apply(x2d, self.weight_values, self.bias, weight, *index, self.mask)
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        # Feature-major (in_features, B): free when x already is a transposed view of such a tensor.
+        # Feature-major (in_features, B): free when x already is a transposed view of such a tensor. The
+        # kernel returns the (B, out_features) output with the bias added (transposed in cache, *_spmm_bt).
         xt = x2d.t() if x2d.t().is_contiguous() else _ops.transpose(x2d)
         layout = self._layout_tensors()
         if self.block_size is None:
-            yt = _ops.csr_spmm(self.weight_values, *layout, xt)
-        else:
-            bh, bw = self.block_size
-            blocks = _ops.permute(self.weight_values, self._layout_from_elements, self._layout_to_elements)
-            blocks = blocks.view(-1, bh, bw)
-            yt = _ops.bsr_spmm(blocks, *layout, xt)
-        y = _ops.transpose(yt)
-        return y + self.bias if self.bias is not None else y
+            return _ops.csr_spmm_bt(self.weight_values, *layout, xt, self.bias)
+        bh, bw = self.block_size
+        blocks = _ops.permute(self.weight_values, self._layout_from_elements, self._layout_to_elements)
+        return _ops.bsr_spmm_bt(blocks.view(-1, bh, bw), *layout, xt, self.bias)
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
