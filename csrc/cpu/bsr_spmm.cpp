@@ -28,7 +28,7 @@ constexpr int kWide = 4;      // vectors per batch chunk: 4 rows × 4 vectors = 
 template <typename T, int64_t R, int NV>
 inline void block_rows_times_dense(const T* __restrict values, int64_t bh, int64_t bw, const int32_t* __restrict cols,
                                    int64_t begin, int64_t end, int64_t r0, const T* __restrict dense, int64_t ld,
-                                   T* __restrict out) {
+                                   T* __restrict out, int64_t out_ld) {
   using S = Simd<T>;
   using V = typename S::vec;
   V acc[R][NV];
@@ -55,7 +55,7 @@ inline void block_rows_times_dense(const T* __restrict values, int64_t bh, int64
 #pragma GCC unroll 4
   for (int64_t r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) S::store(out + r * ld + v * S::kLanes, acc[r][v]);
+    for (int v = 0; v < NV; ++v) S::store(out + r * out_ld + v * S::kLanes, acc[r][v]);
 }
 
 // The same for the last batch columns that do not fill a vector, one row at a time.
@@ -74,14 +74,14 @@ inline void block_row_times_dense_tail(const T* values, int64_t bh, int64_t bw, 
 
 template <typename T, int NV>
 inline void block_row_chunk(const T* values, int64_t bh, int64_t bw, const int32_t* cols, int64_t begin, int64_t end,
-                            const T* dense, int64_t ld, T* out) {
+                            const T* dense, int64_t ld, T* out, int64_t out_ld) {
   for (int64_t r0 = 0; r0 < bh; r0 += kRows) {
-    T* o = out + r0 * ld;
+    T* o = out + r0 * out_ld;
     switch (std::min(kRows, bh - r0)) {
-      case 4: block_rows_times_dense<T, 4, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
-      case 3: block_rows_times_dense<T, 3, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
-      case 2: block_rows_times_dense<T, 2, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o); break;
-      default: block_rows_times_dense<T, 1, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o);
+      case 4: block_rows_times_dense<T, 4, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o, out_ld); break;
+      case 3: block_rows_times_dense<T, 3, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o, out_ld); break;
+      case 2: block_rows_times_dense<T, 2, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o, out_ld); break;
+      default: block_rows_times_dense<T, 1, NV>(values, bh, bw, cols, begin, end, r0, dense, ld, o, out_ld);
     }
   }
 }
@@ -91,30 +91,35 @@ void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* off
                      int64_t n_block_rows, const T* dense, int64_t batch, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
   parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
-    // Element rows; the sink's rows are `batch` apart, as block_row_chunk's output is (output_sink.h).
-    const SinkRows<T> out = sink.begin(row_begin * bh, row_end * bh, batch);
-    int64_t b0 = 0;
-    for (; b0 + kWide * L <= batch; b0 += kWide * L) {
+    // Sink rows are element rows (output_sink.h).
+    const int64_t e_begin = row_begin * bh, e_end = row_end * bh, n_full = batch / (kWide * L);
+    for (int64_t b0 = 0; b0 < n_full * kWide * L; b0 += kWide * L) {
+      const SinkRows<T> out = sink.chunk(e_begin, e_end, b0, b0 + kWide * L, batch);
       for (int64_t R = row_begin; R < row_end; ++R) {
         block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                                  out.at(R * bh) + b0);
+                                  out.at(R * bh, b0), out.ld);
       }
+      sink.done(out, e_begin, e_end, b0, b0 + kWide * L);
     }
+    if (n_full * kWide * L == batch) return;
+    // The last columns, fewer than a chunk: vectors, then scalars.
+    const SinkRows<T> out = sink.chunk(e_begin, e_end, n_full * kWide * L, batch, batch);
+    int64_t b0 = n_full * kWide * L;
     for (; b0 + L <= batch; b0 += L) {
       for (int64_t R = row_begin; R < row_end; ++R) {
         block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                              out.at(R * bh) + b0);
+                              out.at(R * bh, b0), out.ld);
       }
     }
     if (b0 < batch) {
       for (int64_t R = row_begin; R < row_end; ++R) {
         for (int64_t r = 0; r < bh; ++r) {
           block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
-                                     batch - b0, out.at(R * bh + r) + b0);
+                                     batch - b0, out.at(R * bh + r, b0));
         }
       }
     }
-    sink.finish(out, row_begin * bh, row_end * bh, batch);
+    sink.done(out, e_begin, e_end, n_full * kWide * L, batch);
   });
 }
 

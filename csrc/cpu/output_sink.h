@@ -1,12 +1,14 @@
 // Where an SpMM kernel's threads put their rows of the product P = S @ dense (n_rows, B).
 //
 // FeatureMajorSink writes P itself. BatchMajorSink writes Pᵀ + bias (B, n_rows), the layout a layer returns:
-// each thread computes its rows into a scratch tile (still in cache when it is done) and transposes the tile
-// into its columns of the output, adding the bias on the way. That replaces a separate transpose pass over
-// memory and a separate bias pass.
+// each thread computes one batch chunk of its rows into a scratch tile (rows × ≤64 columns, so it stays in
+// L2 whatever the batch) and transposes it into the output, adding the bias on the way. That replaces a
+// separate transpose pass, and a bias pass, over the whole output.
 //
-// Protocol: `Rows rows = sink.begin(row_begin, row_end, batch)`; the kernel writes row r, batch column j at
-// rows.at(r)[j]; then `sink.finish(rows, row_begin, row_end, batch)`.
+// Protocol, per thread and batch chunk [col_begin, col_end):
+//   SinkRows rows = sink.chunk(row_begin, row_end, col_begin, col_end, batch);
+//   ... the kernel writes row r, batch column j (col_begin <= j < col_end) at rows.at(r, j) ...
+//   sink.done(rows, row_begin, row_end, col_begin, col_end);
 #pragma once
 
 #include <cstdint>
@@ -18,18 +20,18 @@ namespace sparsekern {
 
 template <typename T>
 struct SinkRows {
-  T* base;         // row `origin` starts here
-  int64_t origin;  // first row stored at base
-  int64_t ld;      // elements between consecutive rows
-  T* at(int64_t r) const { return base + (r - origin) * ld; }
+  T* base;                // element (row0, col0)
+  int64_t row0, col0;
+  int64_t ld;             // elements between consecutive rows
+  T* at(int64_t r, int64_t col) const { return base + (r - row0) * ld + (col - col0); }
 };
 
 template <typename T>
 struct FeatureMajorSink {
   T* out;  // (n_rows, batch)
 
-  SinkRows<T> begin(int64_t, int64_t, int64_t batch) const { return {out, 0, batch}; }
-  void finish(const SinkRows<T>&, int64_t, int64_t, int64_t) const {}
+  SinkRows<T> chunk(int64_t, int64_t, int64_t, int64_t, int64_t batch) const { return {out, 0, 0, batch}; }
+  void done(const SinkRows<T>&, int64_t, int64_t, int64_t, int64_t) const {}
 };
 
 template <typename T>
@@ -38,15 +40,17 @@ struct BatchMajorSink {
   const T* bias;   // (n_rows,) or nullptr
   int64_t n_rows;
 
-  SinkRows<T> begin(int64_t row_begin, int64_t row_end, int64_t batch) const {
-    return {scratch_buffer<T, struct SinkTileTag>((row_end - row_begin) * batch), row_begin, batch};
+  SinkRows<T> chunk(int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end, int64_t) const {
+    const int64_t width = col_end - col_begin;
+    return {scratch_buffer<T, struct SinkTileTag>((row_end - row_begin) * width), row_begin, col_begin, width};
   }
-  void finish(const SinkRows<T>& rows, int64_t row_begin, int64_t row_end, int64_t batch) const {
-    const int64_t n = row_end - row_begin;
+  void done(const SinkRows<T>& rows, int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) const {
+    const int64_t n = row_end - row_begin, width = col_end - col_begin;
+    T* dst = out + col_begin * n_rows + row_begin;
     if (bias != nullptr) {
-      transpose_rows<T, true>(rows.base, 0, n, batch, batch, 1, out + row_begin, n_rows, bias + row_begin);
+      transpose_rows<T, true>(rows.base, 0, n, width, rows.ld, 1, dst, n_rows, bias + row_begin);
     } else {
-      transpose_rows<T, false>(rows.base, 0, n, batch, batch, 1, out + row_begin, n_rows, nullptr);
+      transpose_rows<T, false>(rows.base, 0, n, width, rows.ld, 1, dst, n_rows, nullptr);
     }
   }
 };
