@@ -8,6 +8,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
     csr_spmm_bt / bsr_spmm_bt(values, layout..., dense, bias?) -> (S @ dense)ᵀ + bias   (B, n_rows): the
                                            layer's output layout, transposed in cache by the kernel
+    csr_linear / bsr_linear(x, values, layout..., bias?)  -> (x Wᵀ + bias, xᵀ): a whole sparse layer on
+                                           batch-major x (B, in); xᵀ is returned for the backward's SDDMM
     csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
     csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
@@ -39,6 +41,8 @@ SCHEMAS = {
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "csr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
     "bsr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
+    "csr_linear": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias) -> (Tensor, Tensor)",
+    "bsr_linear": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias) -> (Tensor, Tensor)",
     "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
     "csr_from_dense": "(Tensor dense, Tensor row_offsets, Tensor col_indices) -> Tensor",
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
@@ -358,6 +362,39 @@ transpose = torch.ops.sparsekern.transpose.default
 permute = torch.ops.sparsekern.permute.default
 
 
+# ------------------------------------------------------------------------------------------ layer ops
+# A whole layer in one op, so its backward hands dx back batch-major straight from the kernel: with a
+# transpose(x) node in front of *_spmm_bt, autograd would want dxᵀ and one more transpose pass. The
+# implementation composes the ops above, so each device runs their kernels.
+
+def _check_linear_input(x, values, layout, bias, block):
+    _check_values_dtype("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D (batch, features) tensor, got shape {tuple(x.shape)}")
+    _, n_cols, _ = _check_layout(*layout)
+    features = n_cols * (values.shape[2] if block and values.dim() == 3 else 1)
+    if x.shape[1] != features:
+        raise ValueError(f"x: expected {features} features (columns), got shape {tuple(x.shape)}")
+    return _check_spmm_bt(values, layout, x.t(), bias, block)
+
+
+def _linear_impl(spmm_bt, block):
+    def impl(x, values, *args):
+        *layout, bias = args
+        _check_linear_input(x, values, layout, bias, block)
+        xt = transpose(x)
+        return spmm_bt(values, *layout, xt, bias), xt
+    return impl
+
+
+def _fake_linear(block):
+    def fake(x, values, *args):
+        *layout, bias = args
+        n_rows = _check_linear_input(x, values, layout, bias, block)
+        return x.new_empty(x.shape[0], n_rows), x.new_empty(x.shape[1], x.shape[0])
+    return fake
+
+
 # --------------------------------------------------------------------------------------------- autograd
 # Transposed layout: swap the CSR and CSC halves, and the permutation with its inverse.
 
@@ -430,6 +467,44 @@ def _spmm_bt_autograd(spmm, sddmm, block):
         return (d_values, *([None] * 6), d_dense, d_bias)
 
     return backward, setup_context
+
+
+def _linear_autograd(spmm_bt, sddmm, block):
+    """y = x Wᵀ + b (and xᵀ): dx = (Wᵀ gradᵀ)ᵀ by the batch-major kernel, dW by the SDDMM at kept weights."""
+    def setup_context(ctx, inputs, output):
+        x, values, *layout, bias = inputs
+        ctx.save_for_backward(values, output[1], *layout)
+        ctx.n_rows = output[0].shape[1]
+        ctx.set_materialize_grads(False)  # xᵀ is usually unused downstream: no zero-filled gradient for it
+
+    def backward(ctx, grad, grad_xt):
+        values, xt, *layout = ctx.saved_tensors
+        d_x = d_values = d_bias = None
+        if grad is None:  # only xᵀ was used downstream
+            grad = xt.new_zeros(xt.shape[1], ctx.n_rows)
+        grad_t = transpose(grad)  # (out, B), shared by both sparse gradients
+        if ctx.needs_input_grad[0]:
+            d_x = spmm_bt(_transposed_values(values, layout, block), *_transposed(layout), grad_t, None)
+            if grad_xt is not None:
+                d_x = d_x + transpose(grad_xt)
+        if ctx.needs_input_grad[1]:
+            empty_grid = block and (grad_t.shape[0] == 0 or xt.shape[0] == 0)
+            d_values = torch.zeros_like(values) if empty_grid else sddmm(grad_t, xt, *layout)
+        if ctx.needs_input_grad[-1]:
+            d_bias = grad.sum(0)
+        return (d_x, d_values, *([None] * 6), d_bias)
+
+    return backward, setup_context
+
+
+for _op, _spmm_bt, _sddmm, _block in (("csr", csr_spmm_bt, csr_sddmm, False), ("bsr", bsr_spmm_bt, bsr_sddmm, True)):
+    torch.library.impl(_lib, f"{_op}_linear", "CompositeExplicitAutograd")(_linear_impl(_spmm_bt, _block))
+    torch.library.register_fake(f"sparsekern::{_op}_linear", _fake_linear(_block), lib=_lib)
+    _bw, _setup = _linear_autograd(_spmm_bt, _sddmm, _block)
+    torch.library.register_autograd(f"sparsekern::{_op}_linear", _bw, setup_context=_setup, lib=_lib)
+
+csr_linear = torch.ops.sparsekern.csr_linear.default
+bsr_linear = torch.ops.sparsekern.bsr_linear.default
 
 
 for _op, _spmm, _sddmm, _block in (("csr", csr_spmm, csr_sddmm, False), ("bsr", bsr_spmm, bsr_sddmm, True)):

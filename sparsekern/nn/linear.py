@@ -5,10 +5,10 @@ Trainable state is ``weight_values`` (one entry per kept weight, in the mask's r
 The ``mask`` buffer (bool, weight-shaped) is saved with the state_dict; the layout index tensors are derived
 from it (non-persistent buffers, rebuilt whenever the mask changes).
 
-The sparse kernels work on feature-major activations: the layer transposes its input to ``(in, B)``,
-computes ``Yᵀ = W Xᵀ`` and transposes back, so it takes and returns ordinary contiguous ``(B, ...)``
-tensors like ``nn.Linear``. The transposes are a cache-blocked kernel (``sparsekern::transpose``); an input
-that already is a transposed view of a feature-major tensor is used without a copy.
+The sparse kernels work on feature-major activations: the layer transposes its input to ``(in, B)``
+(``sparsekern::transpose``, AVX-512 register blocks), and the SpMM writes ``Y = X Wᵀ + b`` back in the
+ordinary ``(B, out)`` layout one cache-resident tile at a time, as the input-gradient SpMM writes ``dX``.
+So the layer takes and returns contiguous ``(B, ...)`` tensors like ``nn.Linear``; see ``_ops.csr_linear``.
 """
 from __future__ import annotations
 
@@ -167,15 +167,14 @@ class SparseLinear(nn.Module):
         return DenseMaskedLinear.apply(x2d, self.weight_values, self.bias, weight, *index, self.mask)
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        # Feature-major (in_features, B): free when x already is a transposed view of such a tensor. The
-        # kernel returns the (B, out_features) output with the bias added (transposed in cache, *_spmm_bt).
-        xt = x2d.t() if x2d.t().is_contiguous() else _ops.transpose(x2d)
+        # One op per layer (_ops.csr_linear / bsr_linear): it transposes x to feature-major for the kernels,
+        # which write the (B, out_features) output, bias added, and in the backward dx, batch-major.
         layout = self._layout_tensors()
         if self.block_size is None:
-            return _ops.csr_spmm_bt(self.weight_values, *layout, xt, self.bias)
+            return _ops.csr_linear(x2d, self.weight_values, *layout, self.bias)[0]
         bh, bw = self.block_size
         blocks = _ops.permute(self.weight_values, self._layout_from_elements, self._layout_to_elements)
-        return _ops.bsr_spmm_bt(blocks.view(-1, bh, bw), *layout, xt, self.bias)
+        return _ops.bsr_linear(x2d, blocks.view(-1, bh, bw), *layout, self.bias)[0]
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
