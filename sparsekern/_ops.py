@@ -15,7 +15,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
     mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
     transpose(x)                                             -> contiguous xᵀ (layer boundaries)
-    permute(values, perm, perm_inv)                          -> values[perm] (values in CSC order)
+    permute(values, perm, perm_inv, transpose_blocks)        -> values[perm] (values in CSC order), each
+                                                                (bh, bw) block transposed if asked
 
 ``layout...`` are the six index tensors of ``CSRLayout.tensors()`` (for BSR: of the block grid):
 row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dense operands are
@@ -48,7 +49,7 @@ SCHEMAS = {
     "mask_expand_": "(Tensor values, Tensor row_offsets, Tensor mask, Tensor(a!) dense) -> ()",
     "mask_compress": "(Tensor dense, Tensor row_offsets, Tensor mask) -> Tensor",
     "transpose": "(Tensor x) -> Tensor",
-    "permute": "(Tensor values, Tensor perm, Tensor perm_inv) -> Tensor",
+    "permute": "(Tensor values, Tensor perm, Tensor perm_inv, bool transpose_blocks=False) -> Tensor",
 }
 
 _lib = torch.library.Library("sparsekern", "DEF")
@@ -261,10 +262,13 @@ def _transpose_reference(x):
     return x.t().contiguous()
 
 
-def _check_permute(values, perm, perm_inv):
+def _check_permute(values, perm, perm_inv, transpose_blocks):
     _check_values_dtype("values", values)
     if values.dim() == 0:
         raise ValueError("values: expected at least one dimension, got a scalar")
+    if transpose_blocks and values.dim() != 3:
+        raise ValueError(f"values: expected (n, bh, bw) blocks with transpose_blocks, got shape "
+                         f"{tuple(values.shape)}")
     for name, t in (("perm", perm), ("perm_inv", perm_inv)):
         if t.dtype != torch.int64 or t.dim() != 1:
             raise TypeError(f"{name}: expected a 1-D int64 tensor, got {t.dtype} with shape {tuple(t.shape)}")
@@ -274,12 +278,13 @@ def _check_permute(values, perm, perm_inv):
 
 
 @torch.library.impl(_lib, "permute", "CompositeExplicitAutograd")
-def _permute_reference(values, perm, perm_inv):
-    _check_permute(values, perm, perm_inv)
+def _permute_reference(values, perm, perm_inv, transpose_blocks=False):
+    _check_permute(values, perm, perm_inv, transpose_blocks)
     outside = (perm < 0) | (perm >= values.shape[0])
     if bool(outside.any()):
         raise ValueError(f"perm: expected indices in [0, {values.shape[0]}), got {int(perm[outside][0])}")
-    return values.index_select(0, perm)
+    out = values.index_select(0, perm)
+    return out.transpose(1, 2).contiguous() if transpose_blocks else out
 
 
 # ------------------------------------------------------------------------------------------------ fakes
@@ -343,8 +348,10 @@ def _fake_transpose(x):
 
 
 @torch.library.register_fake("sparsekern::permute", lib=_lib)
-def _fake_permute(values, perm, perm_inv):
-    _check_permute(values, perm, perm_inv)
+def _fake_permute(values, perm, perm_inv, transpose_blocks=False):
+    _check_permute(values, perm, perm_inv, transpose_blocks)
+    if transpose_blocks:
+        return values.new_empty(values.shape[0], values.shape[2], values.shape[1])
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
@@ -404,8 +411,7 @@ def _transposed(layout):
 
 
 def _transposed_values(values, layout, block):
-    values_t = permute(values, layout[4], layout[5])
-    return values_t.transpose(1, 2).contiguous() if block else values_t
+    return permute(values, layout[4], layout[5], block)
 
 
 def _spmm_autograd(spmm, sddmm, block):
@@ -551,13 +557,14 @@ torch.library.register_autograd("sparsekern::transpose", lambda ctx, grad: trans
 
 # permute's gradient is the inverse permutation.
 def _permute_setup(ctx, inputs, output):
-    _, perm, perm_inv = inputs
+    _, perm, perm_inv, *transpose_blocks = inputs
+    ctx.transpose_blocks = bool(transpose_blocks and transpose_blocks[0])
     ctx.save_for_backward(perm, perm_inv)
 
 
 def _permute_backward(ctx, grad):
     perm, perm_inv = ctx.saved_tensors
-    return permute(grad.contiguous(), perm_inv, perm), None, None
+    return permute(grad.contiguous(), perm_inv, perm, ctx.transpose_blocks), None, None, None
 
 
 torch.library.register_autograd("sparsekern::permute", _permute_backward, setup_context=_permute_setup, lib=_lib)

@@ -77,3 +77,28 @@ def test_transpose_row_strided_input(shape, dtype):
     x = base[:, 3:3 + shape[1]]
     assert torch.equal(_ops.transpose(x), x.t().contiguous())
     assert torch.equal(_ops.transpose(base[::2]), base[::2].t().contiguous())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 16, 16), (5, 2, 3), (7, 8, 8), (3, 17, 5), (0, 4, 4)], ids=str)
+def test_permute_transposed_blocks(shape, dtype):
+    values = torch.randn(shape, dtype=dtype)
+    perm, perm_inv = _perm_pair(shape[0])
+    out = _ops.permute(values, perm, perm_inv, True)
+    assert out.shape == (shape[0], shape[2], shape[1]) and out.is_contiguous()
+    assert torch.equal(out, values[perm].transpose(1, 2))
+    assert torch.equal(_ops.permute(out, perm_inv, perm, True), values)
+
+
+def test_permute_transposed_blocks_gradients_and_opcheck():
+    values = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    perm, perm_inv = _perm_pair(6)
+    assert gradcheck(lambda v: _ops.permute(v, perm, perm_inv, True), (values,))
+    assert gradgradcheck(lambda v: _ops.permute(v, perm, perm_inv, True), (values,))
+    torch.library.opcheck(_ops.permute, (values, perm, perm_inv, True))
+
+
+def test_permute_transposed_blocks_needs_blocks():
+    perm, perm_inv = _perm_pair(8)
+    with pytest.raises(ValueError, match=r"values: expected \(n, bh, bw\) blocks with transpose_blocks"):
+        _ops.permute(torch.randn(8), perm, perm_inv, True)

@@ -68,7 +68,9 @@ at::Tensor transpose_cpu(const at::Tensor& x);
 
 namespace sparsekern {
 
-// values[perm] along dim 0: kept values in the transposed layout's order (perm_inv is its inverse).
-at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv);
+// values[perm] along dim 0: kept values in the transposed layout's order (perm_inv is its inverse); with
+// transpose_blocks, (n, bh, bw) blocks each transposed too.
+at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv,
+                       bool transpose_blocks);
 
 }  // namespace sparsekern

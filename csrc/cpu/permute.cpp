@@ -1,4 +1,8 @@
-// permute_cpu: out[k] = values[perm[k]] along dim 0 (whole rows of any trailing shape).
+// permute_cpu: out[k] = values[perm[k]] along dim 0 (whole rows of any trailing shape); with
+// transpose_blocks, values are (n, bh, bw) blocks and out[k] = values[perm[k]]ᵀ, (n, bw, bh).
+//
+// transpose_blocks gives a BSR layer's input-gradient SpMM its blocks in the transposed layout's order and
+// orientation in one pass (a gather and then .transpose(1, 2).contiguous() were two).
 //
 // The transposed SpMM of the backward pass needs the kept values in the transposed (CSC) order, every step,
 // because the optimizer changes them. torch's index_select did this single-threaded at ~1.1 ns per element
@@ -15,6 +19,7 @@
 
 #include "../checks.h"
 #include "kernels.h"
+#include "transpose_simd.h"
 
 namespace sparsekern {
 namespace {
@@ -22,7 +27,7 @@ namespace {
 // Returns false (and one offending index in *bad) if some index is out of range.
 template <typename T>
 bool gather_rows(const T* __restrict values, const int64_t* __restrict perm, int64_t n, int64_t inner,
-                 T* __restrict out, int64_t* bad) {
+                 int64_t block_rows, T* __restrict out, int64_t* bad) {
   std::atomic<bool> ok{true};
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
     if (inner == 1) {
@@ -44,7 +49,13 @@ bool gather_rows(const T* __restrict values, const int64_t* __restrict perm, int
         *bad = i;
         return;
       }
-      std::memcpy(out + k * inner, values + i * inner, inner * sizeof(T));
+      if (block_rows > 0) {  // a (block_rows × inner/block_rows) block, stored transposed
+        const int64_t block_cols = inner / block_rows;
+        transpose_rows<T, false>(values + i * inner, 0, block_rows, block_cols, block_cols, 1, out + k * inner,
+                                 block_rows, nullptr);
+      } else {
+        std::memcpy(out + k * inner, values + i * inner, inner * sizeof(T));
+      }
     }
   });
   return ok.load();
@@ -52,24 +63,27 @@ bool gather_rows(const T* __restrict values, const int64_t* __restrict perm, int
 
 }  // namespace
 
-at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv) {
+at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv,
+                       bool transpose_blocks) {
   check_float(values, "values");
   check_index(perm, "perm", at::kLong);
   check_index(perm_inv, "perm_inv", at::kLong);
   TORCH_CHECK_VALUE(values.dim() >= 1, "values: expected at least one dimension, got a scalar");
+  TORCH_CHECK_VALUE(!transpose_blocks || values.dim() == 3, "values: expected (n, bh, bw) blocks with "
+                    "transpose_blocks, got shape ", values.sizes());
   const int64_t n = values.size(0);
   TORCH_CHECK_VALUE(perm.numel() == n && perm_inv.numel() == n, "perm, perm_inv: expected ", n,
                     " entries each (values.shape[0]), got ", perm.numel(), " and ", perm_inv.numel());
   const at::Tensor v = values.contiguous();
   const at::Tensor p = perm.contiguous();
-  at::Tensor out = at::empty_like(v);
+  at::Tensor out = transpose_blocks ? at::empty({v.size(0), v.size(2), v.size(1)}, v.options()) : at::empty_like(v);
   if (out.numel() == 0) return out;
   const int64_t inner = v.numel() / n;
   bool ok = true;
   int64_t bad = 0;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "permute_cpu", [&] {
-    ok = gather_rows<scalar_t>(v.data_ptr<scalar_t>(), p.data_ptr<int64_t>(), n, inner, out.data_ptr<scalar_t>(),
-                               &bad);
+    ok = gather_rows<scalar_t>(v.data_ptr<scalar_t>(), p.data_ptr<int64_t>(), n, inner,
+                               transpose_blocks ? v.size(1) : 0, out.data_ptr<scalar_t>(), &bad);
   });
   TORCH_CHECK_VALUE(ok, "perm: expected indices in [0, ", n, "), got ", bad);
   return out;
