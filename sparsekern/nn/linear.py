@@ -86,8 +86,15 @@ class SparseLinear(nn.Module):
         for name, tensor in zip(_CSR_BUFFERS, tensors):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
         self.register_buffer("_layout_from_elements", from_elements, persistent=False)
-        to_elements = None if from_elements is None else torch.argsort(from_elements)  # its inverse
-        self.register_buffer("_layout_to_elements", to_elements, persistent=False)
+        # The same gather by whole runs: a mask of whole blocks keeps each block's bw columns of one row next
+        # to each other in row-major order, at an offset that is a multiple of bw. So block order is a
+        # permutation of the rows of values.view(-1, bw): one bw-long copy each, not bw single gathers.
+        from_runs = to_runs = None
+        if from_elements is not None:
+            from_runs = from_elements.view(-1, self.block_size[1])[:, 0] // self.block_size[1]
+            to_runs = torch.argsort(from_runs)  # its inverse
+        self.register_buffer("_layout_from_runs", from_runs, persistent=False)
+        self.register_buffer("_layout_to_runs", to_runs, persistent=False)
         self.register_buffer("_element_row_offsets", None if self.block_size is None else elements.row_offsets,
                              persistent=False)
         self.register_buffer("_element_col_indices", None if self.block_size is None else elements.col_indices,
@@ -173,8 +180,9 @@ class SparseLinear(nn.Module):
         if self.block_size is None:
             return _ops.csr_linear(x2d, self.weight_values, *layout, self.bias)[0]
         bh, bw = self.block_size
-        blocks = _ops.permute(self.weight_values, self._layout_from_elements, self._layout_to_elements)
-        return _ops.bsr_linear(x2d, blocks.view(-1, bh, bw), *layout, self.bias)[0]
+        runs = self.weight_values.view(-1, bw)
+        blocks = _ops.permute(runs, self._layout_from_runs, self._layout_to_runs).view(-1, bh, bw)
+        return _ops.bsr_linear(x2d, blocks, *layout, self.bias)[0]
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
