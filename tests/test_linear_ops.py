@@ -79,7 +79,7 @@ def test_linear_bad_input(kind):
     op, _, x, values, lt, b = _case(kind, requires_grad=False)
     with pytest.raises(ValueError, match=r"x: expected a 2-D \(batch, features\) tensor"):
         op(x[0], values, *lt, b)
-    with pytest.raises(ValueError, match=r"x: expected 9 features \(columns\), got shape \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"x: expected 9 features \(columns\), got shape [([]4, 5[])\]]"):
         op(x[:, :5], values, *lt, b)
     with pytest.raises(TypeError, match="x: expected float32 or float64"):
         op(x.int(), values, *lt, b)

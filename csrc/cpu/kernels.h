@@ -74,3 +74,22 @@ at::Tensor permute_cpu(const at::Tensor& values, const at::Tensor& perm, const a
                        bool transpose_blocks);
 
 }  // namespace sparsekern
+
+#include <tuple>
+
+namespace sparsekern {
+
+// A whole layer on batch-major x (B, in): (x Wᵀ + bias, xᵀ); see linear.cpp.
+std::tuple<at::Tensor, at::Tensor> csr_linear_cpu(const at::Tensor& x, const at::Tensor& values,
+                                                  const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                                                  const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                                                  const at::Tensor& t_perm, const at::Tensor& t_perm_inv,
+                                                  const std::optional<at::Tensor>& bias);
+
+std::tuple<at::Tensor, at::Tensor> bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values,
+                                                  const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                                                  const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
+                                                  const at::Tensor& t_perm, const at::Tensor& t_perm_inv,
+                                                  const std::optional<at::Tensor>& bias);
+
+}  // namespace sparsekern
