@@ -8,6 +8,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     bsr_spmm / bsr_sddmm                   the same with kept blocks; values (nnzb, bh, bw)
     csr_spmm_bt / bsr_spmm_bt(values, layout..., dense, bias?) -> (S @ dense)ᵀ + bias   (B, n_rows): the
                                            layer's output layout, transposed in cache by the kernel
+    csr_spmm_sddmm_bt(values, layout..., dense, other)   -> ((S @ dense)ᵀ, (other @ denseᵀ)[kept]) in one
+                                           pass over the entries: a CSR layer's whole backward
     csr_linear / bsr_linear(x, values, layout..., bias?)  -> (x Wᵀ + bias, xᵀ): a whole sparse layer on
                                            batch-major x (B, in); xᵀ is returned for the backward's SDDMM
     csr_to_dense(values, row_offsets, col_indices, n_cols)   -> the dense matrix   } dense fallback
@@ -42,6 +44,7 @@ SCHEMAS = {
     "bsr_sddmm": f"(Tensor a, Tensor b, {_LAYOUT_ARGS}) -> Tensor",
     "csr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
     "bsr_spmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor? bias) -> Tensor",
+    "csr_spmm_sddmm_bt": f"(Tensor values, {_LAYOUT_ARGS}, Tensor dense, Tensor other) -> (Tensor, Tensor)",
     "csr_linear": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias) -> (Tensor, Tensor)",
     "bsr_linear": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias) -> (Tensor, Tensor)",
     "csr_to_dense": "(Tensor values, Tensor row_offsets, Tensor col_indices, int n_cols) -> Tensor",
@@ -188,6 +191,23 @@ def _spmm_bt_reference(block):
 
 
 torch.library.impl(_lib, "csr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(False))
+
+
+def _check_spmm_sddmm(values, layout, dense, other):
+    n_rows = _check_spmm(values, layout, dense, block=False)
+    _check_dense("other", other, values.dtype, n_rows)
+    if other.shape[1] != dense.shape[1]:
+        raise ValueError(f"dense, other: batch sizes differ: {dense.shape[1]} and {other.shape[1]}")
+    return n_rows
+
+
+@torch.library.impl(_lib, "csr_spmm_sddmm_bt", "CompositeExplicitAutograd")
+def _csr_spmm_sddmm_bt_reference(values, *args):
+    *layout, dense, other = args
+    _check_spmm_sddmm(values, layout, dense, other)
+    _check_layout_values(*layout)
+    out = reference.csr_spmm(values, *layout, dense).t().contiguous()
+    return out, reference.csr_sddmm(other, dense, *layout)
 torch.library.impl(_lib, "bsr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(True))
 
 
@@ -315,6 +335,13 @@ def _fake_spmm_bt(block):
 
 
 torch.library.register_fake("sparsekern::csr_spmm_bt", _fake_spmm_bt(False), lib=_lib)
+
+
+@torch.library.register_fake("sparsekern::csr_spmm_sddmm_bt", lib=_lib)
+def _fake_spmm_sddmm_bt(values, *args):
+    *layout, dense, other = args
+    n_rows = _check_spmm_sddmm(values, layout, dense, other)
+    return dense.new_empty(dense.shape[1], n_rows), dense.new_empty(values.shape[0])
 torch.library.register_fake("sparsekern::bsr_spmm_bt", _fake_spmm_bt(True), lib=_lib)
 torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
 
@@ -360,6 +387,7 @@ csr_sddmm = torch.ops.sparsekern.csr_sddmm.default
 bsr_spmm = torch.ops.sparsekern.bsr_spmm.default
 bsr_sddmm = torch.ops.sparsekern.bsr_sddmm.default
 csr_spmm_bt = torch.ops.sparsekern.csr_spmm_bt.default
+csr_spmm_sddmm_bt = torch.ops.sparsekern.csr_spmm_sddmm_bt.default
 bsr_spmm_bt = torch.ops.sparsekern.bsr_spmm_bt.default
 csr_to_dense = torch.ops.sparsekern.csr_to_dense.default
 csr_from_dense = torch.ops.sparsekern.csr_from_dense.default
@@ -489,6 +517,15 @@ def _linear_autograd(spmm_bt, sddmm, block):
         if grad is None:  # only xᵀ was used downstream
             grad = xt.new_zeros(xt.shape[1], ctx.n_rows)
         grad_t = transpose(grad)  # (out, B), shared by both sparse gradients
+        if not block and ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
+            # Both gradients in one pass over Wᵀ's entries (not differentiable again: double backward,
+            # create_graph=True, takes the separate ops below).
+            d_x, d_values_t = csr_spmm_sddmm_bt(_transposed_values(values, layout, False), *_transposed(layout),
+                                                grad_t, xt)
+            d_values = permute(d_values_t, layout[5], layout[4])  # Wᵀ's entry order -> W's
+            if grad_xt is not None:
+                d_x = d_x + transpose(grad_xt)
+            return (d_x, d_values, *([None] * 6), grad.sum(0) if ctx.needs_input_grad[-1] else None)
         if ctx.needs_input_grad[0]:
             d_x = spmm_bt(_transposed_values(values, layout, block), *_transposed(layout), grad_t, None)
             if grad_xt is not None:
@@ -510,6 +547,36 @@ for _op, _spmm_bt, _sddmm, _block in (("csr", csr_spmm_bt, csr_sddmm, False), ("
     torch.library.register_autograd(f"sparsekern::{_op}_linear", _bw, setup_context=_setup, lib=_lib)
 
 csr_linear = torch.ops.sparsekern.csr_linear.default
+
+
+def _spmm_sddmm_setup(ctx, inputs, output):
+    values, *layout, dense, other = inputs
+    ctx.save_for_backward(values, dense, other, *layout)
+    ctx.set_materialize_grads(False)  # either output may be unused
+
+
+def _spmm_sddmm_backward(ctx, grad_out, grad_dots):
+    """out = (S dense)ᵀ and dots = (other denseᵀ)[kept]: the csr_spmm_bt and csr_sddmm gradients, summed."""
+    values, dense, other, *layout = ctx.saved_tensors
+    d_values = d_dense = d_other = None
+    if grad_out is not None:
+        grad_out_t = transpose(grad_out)
+        if ctx.needs_input_grad[0]:
+            d_values = csr_sddmm(grad_out_t, dense, *layout)
+        if ctx.needs_input_grad[-2]:
+            d_dense = csr_spmm(_transposed_values(values, layout, False), *_transposed(layout), grad_out_t)
+    if grad_dots is not None:
+        grad_dots = grad_dots.contiguous()
+        if ctx.needs_input_grad[-1]:
+            d_other = csr_spmm(grad_dots, *layout, dense)
+        if ctx.needs_input_grad[-2]:
+            d = csr_spmm(_transposed_values(grad_dots, layout, False), *_transposed(layout), other)
+            d_dense = d if d_dense is None else d_dense + d
+    return (d_values, *([None] * 6), d_dense, d_other)
+
+
+torch.library.register_autograd("sparsekern::csr_spmm_sddmm_bt", _spmm_sddmm_backward,
+                                setup_context=_spmm_sddmm_setup, lib=_lib)
 bsr_linear = torch.ops.sparsekern.bsr_linear.default
 
 

@@ -34,6 +34,7 @@ OPS = {
     "bsr_sddmm": (torch.ops.sparsekern.bsr_sddmm, _ops._bsr_sddmm_reference),
     "csr_spmm_bt": (torch.ops.sparsekern.csr_spmm_bt, _ops._spmm_bt_reference(False)),
     "bsr_spmm_bt": (torch.ops.sparsekern.bsr_spmm_bt, _ops._spmm_bt_reference(True)),
+    "csr_spmm_sddmm_bt": (torch.ops.sparsekern.csr_spmm_sddmm_bt, _ops._csr_spmm_sddmm_bt_reference),
 }
 IMPLS = ["op", "reference"]
 
@@ -259,6 +260,9 @@ def test_ops_batch_zero(name, dtype, impl):
     elif name.endswith("spmm_bt"):
         out = op(values, *layout.tensors(), torch.randn(12, 0, dtype=dtype), torch.randn(6, dtype=dtype))
         assert out.shape == (0, 6) and out.dtype == dtype
+    elif name.endswith("spmm_sddmm_bt"):
+        out, dots = op(values, *layout.tensors(), torch.randn(12, 0, dtype=dtype), torch.randn(6, 0, dtype=dtype))
+        assert out.shape == (0, 6) and torch.equal(dots, torch.zeros(out_shape, dtype=dtype))
     else:
         out = op(torch.randn(6, 0, dtype=dtype), torch.randn(12, 0, dtype=dtype), *layout.tensors())
         assert out.dtype == dtype
@@ -289,6 +293,12 @@ def test_ops_with_other_thread_counts(name, threads):
             out = op(values, *layout.tensors(), dense)
             ref = oracle_mm(to_dense(values), dense)
             assert_error_budget(out, to_dense(values) @ dense, ref, 2.0, name)
+        elif name.endswith("spmm_sddmm_bt"):
+            values, a = to_blocks(_weight(mask, F32)), torch.randn(n_rows, 83)
+            dense = torch.randn(n_cols, 83)
+            out, dots = op(values, *layout.tensors(), dense, a)
+            assert_error_budget(out, (to_dense(values) @ dense).t(), oracle_mm(to_dense(values), dense).t(), 2.0, name)
+            assert_error_budget(dots, to_blocks(a @ dense.T), to_blocks(oracle_mm(a, dense.T)), 2.0, name)
         elif name.endswith("spmm_bt"):  # each thread transposes its own rows into the output
             values, bias = to_blocks(_weight(mask, F32)), torch.randn(n_rows)
             dense = torch.randn(n_cols, 83)
@@ -450,6 +460,25 @@ def test_spmm_bt_bad_bias(name, impl):
         _impl(name, impl)(*rest, bias.float())
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", MASK_KINDS, ids=str)
+@pytest.mark.parametrize("shape", CSR_SHAPES, ids=str)
+def test_csr_spmm_sddmm_bt_accuracy(shape, kind, dtype, impl):
+    """Both products of the fused pass (a CSR layer's backward) against float64, at every batch tail."""
+    n_rows, n_cols, batch = shape
+    mask = _csr_mask(n_rows, n_cols, kind)
+    layout = CSRLayout.from_mask(mask)
+    w = _weight(mask, dtype)
+    dense = torch.randn(n_cols, batch, dtype=F64).to(dtype)
+    other = torch.randn(n_rows, batch, dtype=F64).to(dtype)
+    out, dots = _impl("csr_spmm_sddmm_bt", impl)(w[mask], *layout.tensors(), dense, other)
+    assert out.shape == (batch, n_rows) and dots.shape == (layout.nnz,) and out.dtype == dots.dtype == dtype
+    assert_error_budget(out, (w @ dense).t(), oracle_mm(w, dense).t(), 2.0, "out")
+    assert_error_budget(dots, (other @ dense.t())[mask], oracle_mm(other, dense.t())[mask], 2.0, "dots")
+    _assert_exact_zero_rows(out.t(), ~mask.any(1), "out")
+
+
 # ------------------------------------------------------------------------- gradcheck / gradgradcheck / opcheck
 
 def _small_case(name, kind="pruned_lines", dtype=F64, requires_grad=True, batch=3):
@@ -471,6 +500,9 @@ def _small_case(name, kind="pruned_lines", dtype=F64, requires_grad=True, batch=
     elif name.endswith("spmm_bt"):
         dense, bias = torch.randn(n_cols, batch, dtype=dtype), torch.randn(n_rows, dtype=dtype)
         args, diff = (values, *lt, dense, bias), (0, 7, 8)
+    elif name.endswith("spmm_sddmm_bt"):
+        dense, other = torch.randn(n_cols, batch, dtype=dtype), torch.randn(n_rows, batch, dtype=dtype)
+        args, diff = (values, *lt, dense, other), (0, 7, 8)
     else:
         a, b = torch.randn(n_rows, batch, dtype=dtype), torch.randn(n_cols, batch, dtype=dtype)
         args, diff = (a, b, *lt), (0, 1)

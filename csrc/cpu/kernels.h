@@ -93,3 +93,13 @@ std::tuple<at::Tensor, at::Tensor> bsr_linear_cpu(const at::Tensor& x, const at:
                                                   const std::optional<at::Tensor>& bias);
 
 }  // namespace sparsekern
+
+namespace sparsekern {
+
+// One pass over S's entries: ((S @ dense)ᵀ, other[row(i)] · dense[col(i)]); see csr_spmm_sddmm.cpp.
+std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
+    const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+    const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices, const at::Tensor& t_perm,
+    const at::Tensor& t_perm_inv, const at::Tensor& dense, const at::Tensor& other);
+
+}  // namespace sparsekern

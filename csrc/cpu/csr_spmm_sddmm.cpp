@@ -1,0 +1,138 @@
+// csr_spmm_sddmm_bt_cpu: one pass over the stored entries of S (n_rows, n_cols) computes both
+//   out     = (S @ dense)ᵀ                      (B, n_rows), batch-major
+//   dots[i] = other[row(i)] · dense[col(i)]     (nnz,), in S's entry order
+// with dense (n_cols, B) and other (n_rows, B) feature-major.
+//
+// Why: a sparse layer's backward needs dX = dY W (an SpMM over Wᵀ) and dW = dYᵀ X at the kept weights (an
+// SDDMM), and both read one slice of dYᵀ per kept weight from a random row: the L2 traffic that bounds each
+// kernel. Walking Wᵀ row by row (S = Wᵀ, dense = dYᵀ, other = Xᵀ), each loaded slice dense[col, chunk]
+// feeds the FMAs of out[:, row] and the dot product with other[row, chunk], which stays in registers for
+// the whole row: half the slice traffic of the two kernels run one after the other.
+//
+// Tiling as in csr_spmm.cpp (threads split rows, packed 64-column batch chunks, output through a sink);
+// within a row, entries go in groups of one register's lanes (16 floats) whose dot-product accumulators
+// are summed together by one transposing reduction (lane_sums.h). Batch columns past the last full chunk
+// are done by the two separate kernels.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../checks.h"
+#include "kernels.h"
+#include "lane_sums.h"
+#include "output_sink.h"
+#include "packing.h"
+#include "partition.h"
+#include "simd.h"
+
+namespace sparsekern {
+namespace {
+
+constexpr int kWide = 4;  // vectors per batch chunk (64 floats with AVX-512)
+
+// Row r over one batch chunk: out_row (+)= Σ values[i] · dense[col(i)]; dots[i] (+)= other_row · dense[col(i)].
+template <typename T>
+inline void fused_row(const T* __restrict values, const int32_t* __restrict cols, int64_t begin, int64_t end,
+                      const T* __restrict slab, int64_t ld, const T* __restrict other_row, bool first_chunk,
+                      T* __restrict out_row, T* __restrict dots) {
+  using S = Simd<T>;
+  using V = typename S::vec;
+  constexpr int G = static_cast<int>(S::kLanes);
+  V o[kWide], acc[kWide];
+#pragma GCC unroll 4
+  for (int v = 0; v < kWide; ++v) {
+    o[v] = S::load(other_row + v * S::kLanes);
+    acc[v] = S::zero();
+  }
+  for (int64_t g = begin; g < end; g += G) {
+    const int count = static_cast<int>(std::min<int64_t>(G, end - g));
+    V dot[G];
+#pragma GCC unroll 16
+    for (int k = 0; k < G; ++k) {
+      dot[k] = S::zero();
+      if (k < count) {
+        const T* x = slab + static_cast<int64_t>(cols[g + k]) * ld;
+        const V w = S::broadcast(values[g + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < kWide; ++v) {
+          const V xv = S::load(x + v * S::kLanes);
+          acc[v] += w * xv;
+          dot[k] += o[v] * xv;
+        }
+      }
+    }
+    T sums[G];
+    all_lane_sums<T>(dot, sums);
+    for (int k = 0; k < count; ++k) dots[g + k] = first_chunk ? sums[k] : dots[g + k] + sums[k];
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kWide; ++v) S::store(out_row + v * S::kLanes, acc[v]);
+}
+
+template <typename T>
+void fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
+                  const T* dense, const T* other, int64_t batch, int64_t n_full, const BatchMajorSink<T>& sink,
+                  T* dots) {
+  constexpr int64_t C = kWide * Simd<T>::kLanes;
+  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
+  parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t c = 0; c < n_full; ++c) {
+      const T* slab = operand.chunk(c, n_cols, C);
+      const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        fused_row<T>(values, cols, offsets[r], offsets[r + 1], slab, operand.ld, other + r * batch + c * C, c == 0,
+                     out.at(r, c * C), dots);
+      }
+      sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
+    const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+    const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices, const at::Tensor& t_perm,
+    const at::Tensor& t_perm_inv, const at::Tensor& dense, const at::Tensor& other) {
+  const LayoutShape shape =
+      check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
+  check_float(values, "values");
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == shape.nnz, "values: expected shape (", shape.nnz,
+                    ",), got ", values.sizes());
+  check_dense(dense, "dense", values.scalar_type(), shape.n_cols);
+  check_dense(other, "other", values.scalar_type(), shape.n_rows);
+  TORCH_CHECK_VALUE(dense.size(1) == other.size(1), "dense, other: batch sizes differ: ", dense.size(1), " and ",
+                    other.size(1));
+  const at::Tensor v = values.contiguous();
+  const at::Tensor d = dense.contiguous();
+  const at::Tensor o = other.contiguous();
+  const int64_t batch = d.size(1);
+  at::Tensor out = at::empty({batch, shape.n_rows}, d.options());
+  at::Tensor dots = at::zeros({shape.nnz}, d.options());  // an empty batch gives exact zeros
+  const int64_t chunk = kWide * (v.scalar_type() == at::kFloat ? Simd<float>::kLanes : Simd<double>::kLanes);
+  const int64_t n_full = shape.n_rows > 0 ? batch / chunk : 0;
+  if (n_full > 0) {
+    AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_sddmm_bt_cpu", [&] {
+      fused_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(),
+                             shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(), batch, n_full,
+                             BatchMajorSink<scalar_t>{out.data_ptr<scalar_t>(), nullptr, shape.n_rows},
+                             dots.data_ptr<scalar_t>());
+    });
+  }
+  const int64_t done = n_full * chunk;
+  if (done < batch) {  // the last columns (or all, for an empty S): the two kernels, separately
+    const at::Tensor d_tail = d.narrow(1, done, batch - done).contiguous();
+    const at::Tensor o_tail = o.narrow(1, done, batch - done).contiguous();
+    out.narrow(0, done, batch - done)
+        .copy_(csr_spmm_cpu(v, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, d_tail).t());
+    dots.add_(csr_sddmm_cpu(o_tail, d_tail, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
+                            t_perm_inv));
+  }
+  return {out, dots};
+}
+
+TORCH_LIBRARY_IMPL(sparsekern, CPU, m) { m.impl("csr_spmm_sddmm_bt", &csr_spmm_sddmm_bt_cpu); }
+
+}  // namespace sparsekern
