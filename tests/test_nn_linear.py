@@ -519,3 +519,17 @@ def test_resolved_backend(layout):
     for backend in BACKENDS:
         assert make_layer(layout, 24, 20, 0.5, backend).resolved_backend() == backend
     assert_matches_masked_linear(high, torch.randn(5, 24))
+
+
+@pytest.mark.parametrize("layout", ["csr", "bsr"])
+def test_from_dense_and_to_dense_draw_no_random_numbers(layout):
+    """Both copy every value, so neither spends time on a random init nor advances the global RNG."""
+    bs = None if layout == "csr" else BLOCK
+    lin = nn.Linear(24, 16)
+    mask = block_mask((16 // BLOCK[0], 24 // BLOCK[1]), BLOCK, 0.5) if bs else exact_mask((16, 24), 0.5)
+    state = torch.get_rng_state()
+    layer = SparseLinear.from_dense(lin, mask, block_size=bs)
+    back = layer.to_dense()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(layer.weight_values, lin.weight.detach()[mask]) and torch.equal(layer.bias, lin.bias)
+    assert torch.equal(back.weight, lin.weight.detach() * mask) and torch.equal(back.bias, lin.bias)

@@ -45,7 +45,7 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
-                 mask=None, block_size=None, backend: str = "auto"):
+                 mask=None, block_size=None, backend: str = "auto", _skip_init: bool = False):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -63,13 +63,20 @@ class SparseLinear(nn.Module):
             mask = torch.ones(shape, dtype=torch.bool, device=device)
         mask = check_mask(mask, "mask", shape=shape, device=device)
 
-        dense = torch.empty(shape, device=device, dtype=dtype)
-        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Linear's init, then keep the masked entries
         self.register_buffer("mask", mask)
-        self.weight_values = nn.Parameter(dense[mask])
+        # _skip_init (from_dense): the values are about to be overwritten, so neither draw them nor advance
+        # the global RNG.
+        if _skip_init:
+            self.weight_values = nn.Parameter(torch.empty(int(mask.sum()), device=device, dtype=dtype))
+        else:
+            dense = torch.empty(shape, device=device, dtype=dtype)
+            nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Linear's init, then keep the masked entries
+            self.weight_values = nn.Parameter(dense[mask])
         if bias:
-            bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
-            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+            if not _skip_init:
+                bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
+                nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
         self._build_layout(mask)
@@ -203,7 +210,8 @@ class SparseLinear(nn.Module):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=weight.device, dtype=weight.dtype, mask=mask, block_size=block_size, backend=backend)
+                    device=weight.device, dtype=weight.dtype, mask=mask, block_size=block_size, backend=backend,
+                    _skip_init=True)
         with torch.no_grad():
             layer.weight_values.copy_(weight[layer.mask])
             if linear.bias is not None:
@@ -213,8 +221,9 @@ class SparseLinear(nn.Module):
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the same function (zeros at pruned positions)."""
         weight = self.weight_values
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        # skip_init: every value is overwritten below, so no random init (and no draw from the global RNG).
+        linear = torch.nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                                          device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None:
