@@ -454,7 +454,8 @@ def test_spmm_bt_is_the_transposed_product_plus_bias(layout_kind, case, kind, dt
 def test_spmm_bt_bad_bias(name, impl):
     op, args, _ = _small_case(name, 0.5, requires_grad=False)
     *rest, bias = args
-    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\)" if name.startswith("csr") else "bias: expected shape"):
+    expected = r"bias: expected shape \(5,\)" if name.startswith("csr") else "bias: expected shape"
+    with pytest.raises(ValueError, match=expected):
         _impl(name, impl)(*rest, bias[:-1])
     with pytest.raises(TypeError, match="bias: expected dtype"):
         _impl(name, impl)(*rest, bias.float())
@@ -538,3 +539,32 @@ def test_opcheck(name, kind, requires_grad):
     for dtype in DTYPES:
         op, args, _ = _small_case(name, kind, dtype=dtype, requires_grad=requires_grad)
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["csr_spmm_bt", "bsr_spmm_bt", "csr_spmm_sddmm_bt"])
+def test_batch_major_output_of_a_tall_layer(name, threads):
+    """More rows per thread than one output tile holds (output_sink.h: 2048): the tiles follow each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if name.startswith("csr"):
+            mask = exact_mask((5003, 7), 0.5)
+            layout = CSRLayout.from_mask(mask)
+            w = _weight(mask, F32)
+            values = w[mask]
+        else:
+            mask = block_mask((1251, 2), (4, 4), 0.5)
+            layout = BSRLayout.from_mask(mask, (4, 4))
+            w = _weight(mask, F32)
+            values = dense_to_blocks(w, layout)
+        n_rows, n_cols = mask.shape
+        dense, other = torch.randn(n_cols, 70), torch.randn(n_rows, 70)
+        if name == "csr_spmm_sddmm_bt":
+            out, dots = _ops.csr_spmm_sddmm_bt(values, *layout.tensors(), dense, other)
+            assert_error_budget(dots, (other @ dense.t())[mask], oracle_mm(other, dense.t())[mask], 2.0, "dots")
+        else:
+            out = OPS[name][0](values, *layout.tensors(), dense, None)
+        assert_error_budget(out, (w @ dense).t(), oracle_mm(w, dense).t(), 2.0, name)
+    finally:
+        torch.set_num_threads(previous)

@@ -90,36 +90,39 @@ template <typename T, typename Sink>
 void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
                      int64_t n_block_rows, const T* dense, int64_t batch, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
-  parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
-    // Sink rows are element rows (output_sink.h).
-    const int64_t e_begin = row_begin * bh, e_end = row_end * bh, n_full = batch / (kWide * L);
-    for (int64_t b0 = 0; b0 < n_full * kWide * L; b0 += kWide * L) {
-      const SinkRows<T> out = sink.chunk(e_begin, e_end, b0, b0 + kWide * L, batch);
-      for (int64_t R = row_begin; R < row_end; ++R) {
-        block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                                  out.at(R * bh, b0), out.ld);
+  const int64_t block_rows_per_tile = std::max<int64_t>(1, kSinkRows / std::max<int64_t>(bh, 1));
+  parallel_over_rows(offsets, n_block_rows, [&](int64_t part_begin, int64_t part_end) {
+    in_row_blocks(part_begin, part_end, block_rows_per_tile, [&](int64_t row_begin, int64_t row_end) {
+      // Sink rows are element rows (output_sink.h).
+      const int64_t e_begin = row_begin * bh, e_end = row_end * bh, n_full = batch / (kWide * L);
+      for (int64_t b0 = 0; b0 < n_full * kWide * L; b0 += kWide * L) {
+        const SinkRows<T> out = sink.chunk(e_begin, e_end, b0, b0 + kWide * L, batch);
+        for (int64_t R = row_begin; R < row_end; ++R) {
+          block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+                                    out.at(R * bh, b0), out.ld);
+        }
+        sink.done(out, e_begin, e_end, b0, b0 + kWide * L);
       }
-      sink.done(out, e_begin, e_end, b0, b0 + kWide * L);
-    }
-    if (n_full * kWide * L == batch) return;
-    // The last columns, fewer than a chunk: vectors, then scalars.
-    const SinkRows<T> out = sink.chunk(e_begin, e_end, n_full * kWide * L, batch, batch);
-    int64_t b0 = n_full * kWide * L;
-    for (; b0 + L <= batch; b0 += L) {
-      for (int64_t R = row_begin; R < row_end; ++R) {
-        block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
-                              out.at(R * bh, b0), out.ld);
-      }
-    }
-    if (b0 < batch) {
-      for (int64_t R = row_begin; R < row_end; ++R) {
-        for (int64_t r = 0; r < bh; ++r) {
-          block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
-                                     batch - b0, out.at(R * bh + r, b0));
+      if (n_full * kWide * L == batch) return;
+      // The last columns, fewer than a chunk: vectors, then scalars.
+      const SinkRows<T> out = sink.chunk(e_begin, e_end, n_full * kWide * L, batch, batch);
+      int64_t b0 = n_full * kWide * L;
+      for (; b0 + L <= batch; b0 += L) {
+        for (int64_t R = row_begin; R < row_end; ++R) {
+          block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+                                out.at(R * bh, b0), out.ld);
         }
       }
-    }
-    sink.done(out, e_begin, e_end, n_full * kWide * L, batch);
+      if (b0 < batch) {
+        for (int64_t R = row_begin; R < row_end; ++R) {
+          for (int64_t r = 0; r < bh; ++r) {
+            block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
+                                       batch - b0, out.at(R * bh + r, b0));
+          }
+        }
+      }
+      sink.done(out, e_begin, e_end, n_full * kWide * L, batch);
+    });
   });
 }
 

@@ -84,38 +84,41 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
   const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
   const ColumnBands bands = choose_column_bands(n_cols, operand.ld * sizeof(T));  // column_tiles.h
   const int64_t tile = bands.width, n_tiles = bands.count;
-  parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
-    const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
-    for (int64_t c = 0; c < n_full; ++c) {
-      const T* slab = operand.chunk(c, n_cols, C);
-      const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);  // output_sink.h
-      // Rows x bands; band 0 writes every row (even empty ones), later bands add.
-      for (int64_t t = 0; t < n_tiles; ++t) {
-        for (int64_t r = row_begin; r < row_end; ++r) {
-          const int32_t* b = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
-          if (t == 0 || b[1] > b[0]) {
-            row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, operand.ld, t != 0, out.at(r, c * C));
+  parallel_over_rows(offsets, n_rows, [&](int64_t part_begin, int64_t part_end) {
+    in_row_blocks(part_begin, part_end, kSinkRows, [&](int64_t row_begin, int64_t row_end) {  // output_sink.h
+      const std::vector<int32_t> bounds = tile_bounds(offsets, cols, row_begin, row_end, tile, n_tiles);
+      for (int64_t c = 0; c < n_full; ++c) {
+        const T* slab = operand.chunk(c, n_cols, C);
+        const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);  // output_sink.h
+        // Rows x bands; band 0 writes every row (even empty ones), later bands add.
+        for (int64_t t = 0; t < n_tiles; ++t) {
+          for (int64_t r = row_begin; r < row_end; ++r) {
+            const int32_t* b = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
+            if (t == 0 || b[1] > b[0]) {
+              row_times_dense<T, kWide>(values, cols, b[0], b[1], slab, operand.ld, t != 0, out.at(r, c * C));
+            }
           }
         }
+        sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
       }
-      sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
-    }
-    if (n_full * C == batch) return;
-    // The last columns, fewer than a chunk: vectors, then scalars.
-    const SinkRows<T> out = sink.chunk(row_begin, row_end, n_full * C, batch, batch);
-    int64_t b0 = n_full * C;
-    for (; b0 + L <= batch; b0 += L) {
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false, out.at(r, b0));
+      if (n_full * C == batch) return;
+      // The last columns, fewer than a chunk: vectors, then scalars.
+      const SinkRows<T> out = sink.chunk(row_begin, row_end, n_full * C, batch, batch);
+      int64_t b0 = n_full * C;
+      for (; b0 + L <= batch; b0 += L) {
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false,
+                                out.at(r, b0));
+        }
       }
-    }
-    if (b0 < batch) {
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, batch - b0,
-                             out.at(r, b0));
+      if (b0 < batch) {
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, batch - b0,
+                               out.at(r, b0));
+        }
       }
-    }
-    sink.done(out, row_begin, row_end, n_full * C, batch);
+      sink.done(out, row_begin, row_end, n_full * C, batch);
+    });
   });
 }
 
@@ -142,8 +145,8 @@ at::Tensor csr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets,
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_cpu", [&] {
     csr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                              col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(), batch,
-                              make_sink(out, shape.n_rows, scalar_t{}));
+                              col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(),
+                              batch, make_sink(out, shape.n_rows, scalar_t{}));
   });
   return out;
 }

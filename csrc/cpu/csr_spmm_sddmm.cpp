@@ -77,16 +77,18 @@ void fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, 
                   T* dots) {
   constexpr int64_t C = kWide * Simd<T>::kLanes;
   const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
-  parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t c = 0; c < n_full; ++c) {
-      const T* slab = operand.chunk(c, n_cols, C);
-      const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        fused_row<T>(values, cols, offsets[r], offsets[r + 1], slab, operand.ld, other + r * batch + c * C, c == 0,
-                     out.at(r, c * C), dots);
+  parallel_over_rows(offsets, n_rows, [&](int64_t part_begin, int64_t part_end) {
+    in_row_blocks(part_begin, part_end, kSinkRows, [&](int64_t row_begin, int64_t row_end) {  // output_sink.h
+      for (int64_t c = 0; c < n_full; ++c) {
+        const T* slab = operand.chunk(c, n_cols, C);
+        const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          fused_row<T>(values, cols, offsets[r], offsets[r + 1], slab, operand.ld, other + r * batch + c * C, c == 0,
+                       out.at(r, c * C), dots);
+        }
+        sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
       }
-      sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
-    }
+    });
   });
 }
 

@@ -18,6 +18,10 @@
 
 namespace sparsekern {
 
+// Rows a kernel hands to a sink at once: a tile of at most 2048 rows × 64 columns (512 KB of floats) stays
+// in L2, and the per-thread scratch stays bounded for any layer size.
+constexpr int64_t kSinkRows = 2048;
+
 template <typename T>
 struct SinkRows {
   T* base;                // element (row0, col0)

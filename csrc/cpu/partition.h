@@ -37,4 +37,11 @@ inline void parallel_over_rows(const int32_t* offsets, int64_t n_rows, const Bod
   });
 }
 
+// Runs body(begin', end') over [begin, end) in pieces of at most max_rows rows (bounding per-thread
+// scratch, e.g. an output tile, whatever the layer's size).
+template <typename Body>
+inline void in_row_blocks(int64_t begin, int64_t end, int64_t max_rows, const Body& body) {
+  for (int64_t b = begin; b < end; b += max_rows) body(b, std::min(end, b + max_rows));
+}
+
 }  // namespace sparsekern
