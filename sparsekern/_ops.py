@@ -325,6 +325,7 @@ def _fake_sddmm(block):
 torch.library.register_fake("sparsekern::csr_spmm", _fake_spmm(False), lib=_lib)
 torch.library.register_fake("sparsekern::bsr_spmm", _fake_spmm(True), lib=_lib)
 torch.library.register_fake("sparsekern::csr_sddmm", _fake_sddmm(False), lib=_lib)
+torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
 
 
 def _fake_spmm_bt(block):
@@ -335,6 +336,7 @@ def _fake_spmm_bt(block):
 
 
 torch.library.register_fake("sparsekern::csr_spmm_bt", _fake_spmm_bt(False), lib=_lib)
+torch.library.register_fake("sparsekern::bsr_spmm_bt", _fake_spmm_bt(True), lib=_lib)
 
 
 @torch.library.register_fake("sparsekern::csr_spmm_sddmm_bt", lib=_lib)
@@ -342,8 +344,7 @@ def _fake_spmm_sddmm_bt(values, *args):
     *layout, dense, other = args
     n_rows = _check_spmm_sddmm(values, layout, dense, other)
     return dense.new_empty(dense.shape[1], n_rows), dense.new_empty(values.shape[0])
-torch.library.register_fake("sparsekern::bsr_spmm_bt", _fake_spmm_bt(True), lib=_lib)
-torch.library.register_fake("sparsekern::bsr_sddmm", _fake_sddmm(True), lib=_lib)
+
 
 @torch.library.register_fake("sparsekern::csr_to_dense", lib=_lib)
 def _fake_to_dense(values, row_offsets, col_indices, n_cols):
