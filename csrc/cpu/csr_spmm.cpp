@@ -1,7 +1,8 @@
 // csr_spmm_cpu: out = S @ dense, with S in CSR (unstructured mask) and dense feature-major (n_cols, B).
 //
-// Used for the forward pass (Yᵀ = W Xᵀ) and, on the transposed layout, the input gradient (dXᵀ = Wᵀ dYᵀ).
-// Only stored entries are touched: work is nnz × B multiply-adds.
+// Used for the forward pass (Yᵀ = W Xᵀ) and, on the transposed layout, the input gradient (dXᵀ = Wᵀ dYᵀ);
+// csr_spmm_bt_cpu writes the product transposed, (B, n_rows) + bias, the layout a layer returns
+// (output_sink.h). Only stored entries are touched: work is nnz × B multiply-adds.
 //
 // Tiling: threads split the rows (balanced by stored entries). Each thread walks the batch in chunks of
 // four vectors (64 floats with AVX-512); for one row and one chunk the output lives in registers (two
@@ -9,8 +10,9 @@
 // (r, c) adds value · dense[c, chunk] to it: one broadcast and four vector FMAs per entry. Walking all rows
 // for one chunk before the next keeps dense[:, chunk] (n_cols × 64 floats) hot in L2.
 //
-// Untiled, each entry pulls a fresh 256-byte slice of dense from L2 (columns are random) and the kernel
-// runs at L2 bandwidth; where rows are dense enough, column bands keep that slice in L1 (column_tiles.h).
+// Each entry pulls a 256-byte slice of dense from L2 (columns are random): the kernel runs at L2 bandwidth.
+// dense is packed into contiguous chunks first (packing.h) so a chunk's slab uses every cache set; column
+// bands split the slab only when it would not fit in L2 (column_tiles.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
