@@ -26,6 +26,13 @@ inline void check_float(const at::Tensor& t, const char* name) {
                    ": expected float32 or float64, got ", t.scalar_type());
 }
 
+// The kept values of a CSR layout: a 1-D float tensor with one entry per stored entry.
+inline void check_values(const at::Tensor& values, int64_t nnz) {
+  check_float(values, "values");
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values: expected shape (", nnz, ",), got ",
+                    values.sizes());
+}
+
 inline void check_dense(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t rows) {
   check_cpu(t, name);
   TORCH_CHECK_VALUE(t.dim() == 2, name, ": expected a 2-D (features, batch) tensor, got shape ", t.sizes());

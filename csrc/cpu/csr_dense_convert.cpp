@@ -19,9 +19,7 @@ at::Tensor csr_to_dense_cpu(const at::Tensor& values, const at::Tensor& row_offs
                             int64_t n_cols) {
   TORCH_CHECK_VALUE(n_cols >= 0, "n_cols: expected a non-negative int, got ", n_cols);
   check_compressed(row_offsets, col_indices, n_cols, "row_offsets", "col_indices");
-  check_float(values, "values");
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col_indices.numel(), "values: expected shape (",
-                    col_indices.numel(), ",), got ", values.sizes());
+  check_values(values, col_indices.numel());
   const at::Tensor v = values.contiguous();
   const int64_t n_rows = row_offsets.numel() - 1;
   at::Tensor out = at::empty({n_rows, n_cols}, v.options());

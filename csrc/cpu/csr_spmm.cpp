@@ -128,27 +128,25 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
 
 namespace {
 
-// The checks and the dispatch shared by both output layouts; `make_out(batch)` allocates the output.
-template <typename MakeOut, typename MakeSink>
+// The checks and the dispatch shared by both output layouts (output_sink.h).
+template <typename Output>
 at::Tensor csr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                         const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
                         const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
-                        const MakeOut& make_out, const MakeSink& make_sink) {
+                        const Output& output) {
   const LayoutShape shape =
       check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
-  check_float(values, "values");
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == shape.nnz, "values: expected shape (", shape.nnz,
-                    ",), got ", values.sizes());
+  check_values(values, shape.nnz);
   check_dense(dense, "dense", values.scalar_type(), shape.n_cols);
   const at::Tensor v = values.contiguous();
   const at::Tensor d = dense.contiguous();
   const int64_t batch = d.size(1);
-  at::Tensor out = make_out(shape.n_rows, batch, d.options());
+  at::Tensor out = output.allocate(shape.n_rows, batch, d.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_cpu", [&] {
     csr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
                               col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(),
-                              batch, make_sink(out, shape.n_rows, scalar_t{}));
+                              batch, output.template sink<scalar_t>(out, shape.n_rows));
   });
   return out;
 }
@@ -158,27 +156,16 @@ at::Tensor csr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets,
 at::Tensor csr_spmm_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                         const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
                         const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense) {
-  return csr_spmm_run(
-      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
-      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({n_rows, batch}, o); },
-      [](const at::Tensor& out, int64_t, auto zero) {
-        using T = decltype(zero);
-        return FeatureMajorSink<T>{out.data_ptr<T>()};
-      });
+  return csr_spmm_run(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+                      FeatureMajorOutput{});
 }
 
 at::Tensor csr_spmm_bt_cpu(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
                            const at::Tensor& t_row_offsets, const at::Tensor& t_col_indices,
                            const at::Tensor& t_perm, const at::Tensor& t_perm_inv, const at::Tensor& dense,
                            const std::optional<at::Tensor>& bias) {
-  const at::Tensor b = checked_bias(bias, values, row_offsets.numel() - 1);
-  return csr_spmm_run(
-      values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
-      [](int64_t n_rows, int64_t batch, const at::TensorOptions& o) { return at::empty({batch, n_rows}, o); },
-      [&](const at::Tensor& out, int64_t n_rows, auto zero) {
-        using T = decltype(zero);
-        return BatchMajorSink<T>{out.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr, n_rows};
-      });
+  return csr_spmm_run(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+                      BatchMajorOutput{checked_bias(bias, values, row_offsets.numel() - 1)});
 }
 
 TORCH_LIBRARY_IMPL(sparsekern, CPU, m) {

@@ -71,11 +71,13 @@ inline void fused_row(const T* __restrict values, const int32_t* __restrict cols
   for (int v = 0; v < kWide; ++v) S::store(out_row + v * S::kLanes, acc[v]);
 }
 
+// Does the full batch chunks and returns how many batch columns that covered.
 template <typename T>
-void fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
-                  const T* dense, const T* other, int64_t batch, int64_t n_full, const BatchMajorSink<T>& sink,
-                  T* dots) {
+int64_t fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
+                     const T* dense, const T* other, int64_t batch, const BatchMajorSink<T>& sink, T* dots) {
   constexpr int64_t C = kWide * Simd<T>::kLanes;
+  const int64_t n_full = batch / C;
+  if (n_rows == 0 || n_full == 0) return 0;
   const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
   parallel_over_rows(offsets, n_rows, [&](int64_t part_begin, int64_t part_end) {
     in_row_blocks(part_begin, part_end, kSinkRows, [&](int64_t row_begin, int64_t row_end) {  // output_sink.h
@@ -90,6 +92,7 @@ void fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, 
       }
     });
   });
+  return n_full * C;
 }
 
 }  // namespace
@@ -100,9 +103,7 @@ std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
     const at::Tensor& t_perm_inv, const at::Tensor& dense, const at::Tensor& other) {
   const LayoutShape shape =
       check_layout(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv);
-  check_float(values, "values");
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == shape.nnz, "values: expected shape (", shape.nnz,
-                    ",), got ", values.sizes());
+  check_values(values, shape.nnz);
   check_dense(dense, "dense", values.scalar_type(), shape.n_cols);
   check_dense(other, "other", values.scalar_type(), shape.n_rows);
   TORCH_CHECK_VALUE(dense.size(1) == other.size(1), "dense, other: batch sizes differ: ", dense.size(1), " and ",
@@ -111,19 +112,16 @@ std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
   const at::Tensor d = dense.contiguous();
   const at::Tensor o = other.contiguous();
   const int64_t batch = d.size(1);
-  at::Tensor out = at::empty({batch, shape.n_rows}, d.options());
+  const BatchMajorOutput output{};  // output_sink.h
+  at::Tensor out = output.allocate(shape.n_rows, batch, d.options());
   at::Tensor dots = at::zeros({shape.nnz}, d.options());  // an empty batch gives exact zeros
-  const int64_t chunk = kWide * (v.scalar_type() == at::kFloat ? Simd<float>::kLanes : Simd<double>::kLanes);
-  const int64_t n_full = shape.n_rows > 0 ? batch / chunk : 0;
-  if (n_full > 0) {
-    AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_sddmm_bt_cpu", [&] {
-      fused_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(),
-                             shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(), batch, n_full,
-                             BatchMajorSink<scalar_t>{out.data_ptr<scalar_t>(), nullptr, shape.n_rows},
-                             dots.data_ptr<scalar_t>());
-    });
-  }
-  const int64_t done = n_full * chunk;
+  int64_t done = 0;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_sddmm_bt_cpu", [&] {
+    done = fused_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
+                                  col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(),
+                                  o.data_ptr<scalar_t>(), batch, output.sink<scalar_t>(out, shape.n_rows),
+                                  dots.data_ptr<scalar_t>());
+  });
   if (done < batch) {  // the last columns (or all, for an empty S): the two kernels, separately
     const at::Tensor d_tail = d.narrow(1, done, batch - done).contiguous();
     const at::Tensor o_tail = o.narrow(1, done, batch - done).contiguous();

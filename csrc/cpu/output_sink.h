@@ -11,6 +11,8 @@
 //   sink.done(rows, row_begin, row_end, col_begin, col_end);
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 
 #include "scratch.h"
@@ -56,6 +58,29 @@ struct BatchMajorSink {
     } else {
       transpose_rows<T, false>(rows.base, 0, n, width, rows.ld, 1, dst, n_rows, nullptr);
     }
+  }
+};
+
+// What an SpMM entry point allocates for each output layout, and the sink its kernel writes through.
+struct FeatureMajorOutput {
+  at::Tensor allocate(int64_t n_rows, int64_t batch, const at::TensorOptions& options) const {
+    return at::empty({n_rows, batch}, options);
+  }
+  template <typename T>
+  FeatureMajorSink<T> sink(const at::Tensor& out, int64_t) const {
+    return {out.data_ptr<T>()};
+  }
+};
+
+struct BatchMajorOutput {
+  at::Tensor bias;  // (n_rows,), contiguous; undefined for none
+
+  at::Tensor allocate(int64_t n_rows, int64_t batch, const at::TensorOptions& options) const {
+    return at::empty({batch, n_rows}, options);
+  }
+  template <typename T>
+  BatchMajorSink<T> sink(const at::Tensor& out, int64_t n_rows) const {
+    return {out.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr, n_rows};
   }
 };
 

@@ -92,10 +92,10 @@ class SparseLinear(nn.Module):
             tensors, from_elements = layout.tensors(), layout.from_elements
         for name, tensor in zip(_CSR_BUFFERS, tensors):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
-        self.register_buffer("_layout_from_elements", from_elements, persistent=False)
-        # The same gather by whole runs: a mask of whole blocks keeps each block's bw columns of one row next
-        # to each other in row-major order, at an offset that is a multiple of bw. So block order is a
-        # permutation of the rows of values.view(-1, bw): one bw-long copy each, not bw single gathers.
+        # BSR: from_elements (row-major kept values -> block order) as a gather of whole runs. A mask of whole
+        # blocks keeps each block's bw columns of one row next to each other in row-major order, at an offset
+        # that is a multiple of bw, so block order is a permutation of the rows of values.view(-1, bw): one
+        # bw-long copy each, not bw single gathers.
         from_runs = to_runs = None
         if from_elements is not None:
             from_runs = from_elements.view(-1, self.block_size[1])[:, 0] // self.block_size[1]
