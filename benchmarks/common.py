@@ -138,8 +138,8 @@ def environment(threads: int) -> dict:
     return info
 
 
-def command_line() -> str:
-    return "python -m benchmarks.run " + " ".join(_quote(a) for a in sys.argv[1:])
+def command_line(module: str = "benchmarks.run") -> str:
+    return f"python -m {module}" + "".join(" " + _quote(a) for a in sys.argv[1:])
 
 
 def _quote(arg: str) -> str:
@@ -196,9 +196,9 @@ def markdown_table(headers: list[str], rows: list[list], align: str | None = Non
     return "\n".join(lines)
 
 
-def machine_section(env: dict, extra: dict | None = None) -> str:
+def machine_section(env: dict, extra: dict | None = None, module: str = "benchmarks.run") -> str:
     items = [
-        ("Command", f"`{command_line()}`"),
+        ("Command", f"`{command_line(module)}`"),
         ("Date", env["timestamp"]),
         ("CPU", f"{env['cpu_model']} ({env['logical_cpus']} logical CPUs; ISA: {env['cpu_isa'] or 'n/a'}; "
                 f"torch CPU capability {env['torch_cpu_capability']})"),
