@@ -70,6 +70,17 @@ def test_permute_bad_input(bad, error, match):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("position", [0, 7, 8, 517, 998, 999])
+@pytest.mark.parametrize("index", [1000, -1, 2**40])
+def test_permute_bad_index_anywhere(position, index, dtype):
+    """The vector gather (8 indices at a time) and the scalar tail both check every index."""
+    perm, perm_inv = _perm_pair(1000)
+    perm[position] = index
+    with pytest.raises(ValueError, match=rf"perm: expected indices in \[0, 1000\), got {index}"):
+        _ops.permute(torch.randn(1000, dtype=dtype), perm, perm_inv)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(33, 47), (16, 16), (8, 8), (48, 17), (17, 48), (128, 4096)], ids=str)
 def test_transpose_row_strided_input(shape, dtype):
     """A row-sliced input (row stride > columns, unit column stride) takes the register-block path."""

