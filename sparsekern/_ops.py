@@ -16,7 +16,8 @@ derivatives, ``torch.compile`` and the "all three GEMMs sparse" property come fo
     csr_from_dense(dense, row_offsets, col_indices)          -> dense[kept]        } and export only
     mask_expand_(values, row_offsets, mask, dense)           -> () in place         } dense fallback's
     mask_compress(dense, row_offsets, mask)                  -> dense[mask]         } per-step path
-    transpose(x)                                             -> contiguous xᵀ (layer boundaries)
+    transpose(x)                                             -> xᵀ (layer boundaries), rows contiguous, row
+                                                                stride feature_major_stride(): see there
     permute(values, perm, perm_inv, transpose_blocks)        -> values[perm] (values in CSC order), each
                                                                 (bh, bw) block transposed if asked
 
@@ -276,10 +277,34 @@ def _check_transpose(x):
         raise ValueError(f"x: expected a 2-D tensor, got shape {tuple(x.shape)}")
 
 
+_CACHE_LINE_BYTES = 64
+
+
+def feature_major_stride(batch: int, element_size: int) -> int:
+    """Row stride (elements) of ``transpose``'s (features, batch) output.
+
+    Rows of 257 B to 1 KB are padded to an odd number of cache lines: the CPU kernels read one batch slice
+    per kept weight from random rows, and a stride that is a multiple of a large power of two (1 KB for a
+    batch of 256 floats) maps those slices into a fraction of the cache sets, which the kernels would
+    otherwise avoid with an extra packing pass (csrc/cpu/feature_major.h has the same rule and the figures).
+    """
+    size = batch * element_size
+    if size <= 4 * _CACHE_LINE_BYTES or size > 16 * _CACHE_LINE_BYTES:
+        return batch
+    lines = -(-size // _CACHE_LINE_BYTES)
+    lines += 1 - lines % 2
+    return lines * _CACHE_LINE_BYTES // element_size
+
+
+def _empty_feature_major(features, batch, like):
+    """An uninitialised (features, batch) tensor with transpose's row stride."""
+    return like.new_empty_strided((features, batch), (feature_major_stride(batch, like.element_size()), 1))
+
+
 @torch.library.impl(_lib, "transpose", "CompositeExplicitAutograd")
 def _transpose_reference(x):
     _check_transpose(x)
-    return x.t().contiguous()
+    return _empty_feature_major(x.shape[1], x.shape[0], x).copy_(x.t())
 
 
 def _check_permute(values, perm, perm_inv, transpose_blocks):
@@ -372,7 +397,7 @@ def _fake_mask_compress(dense, row_offsets, mask):
 @torch.library.register_fake("sparsekern::transpose", lib=_lib)
 def _fake_transpose(x):
     _check_transpose(x)
-    return x.new_empty(x.shape[1], x.shape[0])
+    return _empty_feature_major(x.shape[1], x.shape[0], x)
 
 
 @torch.library.register_fake("sparsekern::permute", lib=_lib)
@@ -427,7 +452,7 @@ def _fake_linear(block):
     def fake(x, values, *args):
         *layout, bias = args
         n_rows = _check_linear_input(x, values, layout, bias, block)
-        return x.new_empty(x.shape[0], n_rows), x.new_empty(x.shape[1], x.shape[0])
+        return x.new_empty(x.shape[0], n_rows), _empty_feature_major(x.shape[1], x.shape[0], x)
     return fake
 
 

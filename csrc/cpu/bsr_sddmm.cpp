@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "feature_major.h"
 #include "kernels.h"
 #include "lane_sums.h"
 #include "partition.h"
@@ -24,8 +25,8 @@ namespace {
 // out[r][c] = a_r · b_c for R rows of a and CC rows of b (R, CC <= 4), over the whole batch: R×CC vector
 // accumulators, R + CC vector loads per R×CC FMAs, and the lane sums at the end.
 template <typename T, int R, int CC>
-inline void tile_dots(const T* __restrict a, const T* __restrict b, int64_t ld, int64_t batch, T* __restrict out,
-                      int64_t out_ld) {
+inline void tile_dots(const T* __restrict a, int64_t a_ld, const T* __restrict b, int64_t b_ld, int64_t batch,
+                      T* __restrict out, int64_t out_ld) {
   using S = Simd<T>;
   using V = typename S::vec;
   V acc[R][CC];
@@ -37,9 +38,9 @@ inline void tile_dots(const T* __restrict a, const T* __restrict b, int64_t ld, 
   for (; j + S::kLanes <= batch; j += S::kLanes) {
     V av[R], bv[CC];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) av[r] = S::load(a + r * ld + j);
+    for (int r = 0; r < R; ++r) av[r] = S::load(a + r * a_ld + j);
 #pragma GCC unroll 4
-    for (int c = 0; c < CC; ++c) bv[c] = S::load(b + c * ld + j);
+    for (int c = 0; c < CC; ++c) bv[c] = S::load(b + c * b_ld + j);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -61,48 +62,50 @@ inline void tile_dots(const T* __restrict a, const T* __restrict b, int64_t ld, 
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < CC; ++c) {
       T sum = sums[r * CC + c];
-      for (int64_t jj = j; jj < batch; ++jj) sum += a[r * ld + jj] * b[c * ld + jj];
+      for (int64_t jj = j; jj < batch; ++jj) sum += a[r * a_ld + jj] * b[c * b_ld + jj];
       out[r * out_ld + c] = sum;
     }
   }
 }
 
 template <typename T, int R>
-inline void tile_dots_cols(int64_t cc, const T* a, const T* b, int64_t ld, int64_t batch, T* out, int64_t out_ld) {
+inline void tile_dots_cols(int64_t cc, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int64_t batch, T* out,
+                           int64_t out_ld) {
   switch (cc) {
-    case 4: tile_dots<T, R, 4>(a, b, ld, batch, out, out_ld); break;
-    case 3: tile_dots<T, R, 3>(a, b, ld, batch, out, out_ld); break;
-    case 2: tile_dots<T, R, 2>(a, b, ld, batch, out, out_ld); break;
-    default: tile_dots<T, R, 1>(a, b, ld, batch, out, out_ld);
+    case 4: tile_dots<T, R, 4>(a, a_ld, b, b_ld, batch, out, out_ld); break;
+    case 3: tile_dots<T, R, 3>(a, a_ld, b, b_ld, batch, out, out_ld); break;
+    case 2: tile_dots<T, R, 2>(a, a_ld, b, b_ld, batch, out, out_ld); break;
+    default: tile_dots<T, R, 1>(a, a_ld, b, b_ld, batch, out, out_ld);
   }
 }
 
 // One kept block: out (bh × bw) = a_rows (bh × batch) · b_rowsᵀ, in 4×4 output tiles.
 template <typename T>
-inline void block_dots(const T* a_rows, const T* b_rows, int64_t bh, int64_t bw, int64_t batch, T* out) {
+inline void block_dots(const T* a_rows, int64_t a_ld, const T* b_rows, int64_t b_ld, int64_t bh, int64_t bw,
+                       int64_t batch, T* out) {
   for (int64_t r = 0; r < bh; r += 4) {
     for (int64_t c = 0; c < bw; c += 4) {
-      const T* a = a_rows + r * batch;
-      const T* b = b_rows + c * batch;
+      const T* a = a_rows + r * a_ld;
+      const T* b = b_rows + c * b_ld;
       T* o = out + r * bw + c;
       const int64_t cc = std::min<int64_t>(4, bw - c);
       switch (std::min<int64_t>(4, bh - r)) {
-        case 4: tile_dots_cols<T, 4>(cc, a, b, batch, batch, o, bw); break;
-        case 3: tile_dots_cols<T, 3>(cc, a, b, batch, batch, o, bw); break;
-        case 2: tile_dots_cols<T, 2>(cc, a, b, batch, batch, o, bw); break;
-        default: tile_dots_cols<T, 1>(cc, a, b, batch, batch, o, bw);
+        case 4: tile_dots_cols<T, 4>(cc, a, a_ld, b, b_ld, batch, o, bw); break;
+        case 3: tile_dots_cols<T, 3>(cc, a, a_ld, b, b_ld, batch, o, bw); break;
+        case 2: tile_dots_cols<T, 2>(cc, a, a_ld, b, b_ld, batch, o, bw); break;
+        default: tile_dots_cols<T, 1>(cc, a, a_ld, b, b_ld, batch, o, bw);
       }
     }
   }
 }
 
 template <typename T>
-void bsr_sddmm_kernel(const T* a, const T* b, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
-                      int64_t n_block_rows, int64_t batch, T* out) {
+void bsr_sddmm_kernel(const T* a, int64_t a_ld, const T* b, int64_t b_ld, int64_t bh, int64_t bw,
+                      const int32_t* offsets, const int32_t* cols, int64_t n_block_rows, int64_t batch, T* out) {
   parallel_over_rows(offsets, n_block_rows, [&](int64_t row_begin, int64_t row_end) {
     for (int64_t R = row_begin; R < row_end; ++R) {
       for (int64_t k = offsets[R]; k < offsets[R + 1]; ++k) {
-        block_dots(a + R * bh * batch, b + static_cast<int64_t>(cols[k]) * bw * batch, bh, bw, batch,
+        block_dots(a + R * bh * a_ld, a_ld, b + static_cast<int64_t>(cols[k]) * bw * b_ld, b_ld, bh, bw, batch,
                    out + k * bh * bw);
       }
     }
@@ -126,14 +129,14 @@ at::Tensor bsr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Ten
   const int64_t bh = a.size(0) / shape.n_rows, bw = b.size(0) / shape.n_cols;
   check_dense(b, "b", a.scalar_type(), shape.n_cols * bw);
   TORCH_CHECK_VALUE(a.size(1) == b.size(1), "a, b: batch sizes differ: ", a.size(1), " and ", b.size(1));
-  const at::Tensor ac = a.contiguous();
-  const at::Tensor bc = b.contiguous();
-  at::Tensor out = at::empty({shape.nnz, bh, bw}, ac.options());
+  const FeatureMajor ac = feature_major(a);  // feature_major.h: in place if laid out by transpose()
+  const FeatureMajor bc = feature_major(b);
+  at::Tensor out = at::empty({shape.nnz, bh, bw}, a.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(ac.scalar_type(), "bsr_sddmm_cpu", [&] {
-    bsr_sddmm_kernel<scalar_t>(ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), bh, bw,
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bsr_sddmm_cpu", [&] {
+    bsr_sddmm_kernel<scalar_t>(ac.tensor.data_ptr<scalar_t>(), ac.ld, bc.tensor.data_ptr<scalar_t>(), bc.ld, bh, bw,
                                row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), shape.n_rows,
-                               ac.size(1), out.data_ptr<scalar_t>());
+                               a.size(1), out.data_ptr<scalar_t>());
   });
   return out;
 }

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "feature_major.h"
 #include "kernels.h"
 #include "output_sink.h"
 #include "partition.h"
@@ -88,7 +89,7 @@ inline void block_row_chunk(const T* values, int64_t bh, int64_t bw, const int32
 
 template <typename T, typename Sink>
 void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* offsets, const int32_t* cols,
-                     int64_t n_block_rows, const T* dense, int64_t batch, const Sink& sink) {
+                     int64_t n_block_rows, const T* dense, int64_t batch, int64_t ld, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
   const int64_t block_rows_per_tile = std::max<int64_t>(1, kSinkRows / std::max<int64_t>(bh, 1));
   parallel_over_rows(offsets, n_block_rows, [&](int64_t part_begin, int64_t part_end) {
@@ -98,7 +99,7 @@ void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* off
       for (int64_t b0 = 0; b0 < n_full * kWide * L; b0 += kWide * L) {
         const SinkRows<T> out = sink.chunk(e_begin, e_end, b0, b0 + kWide * L, batch);
         for (int64_t R = row_begin; R < row_end; ++R) {
-          block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+          block_row_chunk<T, kWide>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, ld,
                                     out.at(R * bh, b0), out.ld);
         }
         sink.done(out, e_begin, e_end, b0, b0 + kWide * L);
@@ -109,14 +110,14 @@ void bsr_spmm_kernel(const T* values, int64_t bh, int64_t bw, const int32_t* off
       int64_t b0 = n_full * kWide * L;
       for (; b0 + L <= batch; b0 += L) {
         for (int64_t R = row_begin; R < row_end; ++R) {
-          block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, batch,
+          block_row_chunk<T, 1>(values, bh, bw, cols, offsets[R], offsets[R + 1], dense + b0, ld,
                                 out.at(R * bh, b0), out.ld);
         }
       }
       if (b0 < batch) {
         for (int64_t R = row_begin; R < row_end; ++R) {
           for (int64_t r = 0; r < bh; ++r) {
-            block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, batch,
+            block_row_times_dense_tail(values, bh, bw, cols, offsets[R], offsets[R + 1], r, dense + b0, ld,
                                        batch - b0, out.at(R * bh + r, b0));
           }
         }
@@ -144,14 +145,14 @@ at::Tensor bsr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets,
   const int64_t bh = values.size(1), bw = values.size(2);
   check_dense(dense, "dense", values.scalar_type(), shape.n_cols * bw);
   const at::Tensor v = values.contiguous();
-  const at::Tensor d = dense.contiguous();
-  const int64_t batch = d.size(1);
-  at::Tensor out = output.allocate(shape.n_rows * bh, batch, d.options());
+  const FeatureMajor d = feature_major(dense);  // feature_major.h: in place if laid out by transpose()
+  const int64_t batch = dense.size(1);
+  at::Tensor out = output.allocate(shape.n_rows * bh, batch, dense.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "bsr_spmm_cpu", [&] {
     bsr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), bh, bw, row_offsets.data_ptr<int32_t>(),
-                              col_indices.data_ptr<int32_t>(), shape.n_rows, d.data_ptr<scalar_t>(), batch,
-                              output.template sink<scalar_t>(out, shape.n_rows * bh));
+                              col_indices.data_ptr<int32_t>(), shape.n_rows, d.tensor.data_ptr<scalar_t>(), batch,
+                              d.ld, output.template sink<scalar_t>(out, shape.n_rows * bh));
   });
   return out;
 }

@@ -18,6 +18,7 @@
 
 #include "../checks.h"
 #include "column_tiles.h"
+#include "feature_major.h"
 #include "packing.h"
 #include "dots.h"
 #include "kernels.h"
@@ -43,12 +44,12 @@ inline void row_dots(const T* a_row, const T* b, int64_t ld, const int32_t* cols
 }
 
 template <typename T>
-void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int32_t* cols, int64_t n_rows,
-                      int64_t n_cols, int64_t batch, T* out) {
+void csr_sddmm_kernel(const T* a, int64_t a_ld, const T* b, int64_t b_ld, const int32_t* offsets,
+                      const int32_t* cols, int64_t n_rows, int64_t n_cols, int64_t batch, T* out) {
   constexpr int64_t C = kChunk<T>;
   const int64_t n_full = batch / C;
-  const ChunkedOperand<T> operand = chunked_operand(b, n_cols, batch, C);  // packing.h
-  const ColumnBands bands = choose_column_bands(n_cols, operand.ld * sizeof(T));  // column_tiles.h
+  const ChunkedOperand<T> operand = chunked_operand(b, n_cols, batch, b_ld, C);  // packing.h
+  const ColumnBands bands = choose_column_bands(n_cols, operand.footprint_bytes);  // column_tiles.h
   const int64_t tile = bands.width, n_tiles = bands.count;
   parallel_over_rows(offsets, n_rows, [&](int64_t row_begin, int64_t row_end) {
     if (batch == 0) {
@@ -60,11 +61,11 @@ void csr_sddmm_kernel(const T* a, const T* b, const int32_t* offsets, const int3
       const int64_t width = std::min(C, batch - b0);
       const bool full_chunk = b0 < n_full * C;  // a partial last chunk is read from b itself
       const T* slab = full_chunk ? operand.chunk(b0 / C, n_cols, C) : b + b0;
-      const int64_t ld = full_chunk ? operand.ld : batch;
+      const int64_t ld = full_chunk ? operand.ld : b_ld;
       for (int64_t t = 0; t < n_tiles; ++t) {
         for (int64_t r = row_begin; r < row_end; ++r) {
           const int32_t* bd = bounds.data() + (r - row_begin) * (n_tiles + 1) + t;
-          if (bd[1] > bd[0]) row_dots(a + r * batch + b0, slab, ld, cols, bd[0], bd[1], width, b0 == 0, out);
+          if (bd[1] > bd[0]) row_dots(a + r * a_ld + b0, slab, ld, cols, bd[0], bd[1], width, b0 == 0, out);
         }
       }
     }
@@ -82,14 +83,14 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Ten
   check_dense(a, "a", a.scalar_type(), shape.n_rows);
   check_dense(b, "b", a.scalar_type(), shape.n_cols);
   TORCH_CHECK_VALUE(a.size(1) == b.size(1), "a, b: batch sizes differ: ", a.size(1), " and ", b.size(1));
-  const at::Tensor ac = a.contiguous();
-  const at::Tensor bc = b.contiguous();
-  at::Tensor out = at::empty({shape.nnz}, ac.options());
+  const FeatureMajor ac = feature_major(a);  // feature_major.h: in place if laid out by transpose()
+  const FeatureMajor bc = feature_major(b);
+  at::Tensor out = at::empty({shape.nnz}, a.options());
   if (shape.nnz == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(ac.scalar_type(), "csr_sddmm_cpu", [&] {
-    csr_sddmm_kernel<scalar_t>(ac.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                               col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, ac.size(1),
-                               out.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "csr_sddmm_cpu", [&] {
+    csr_sddmm_kernel<scalar_t>(ac.tensor.data_ptr<scalar_t>(), ac.ld, bc.tensor.data_ptr<scalar_t>(), bc.ld,
+                               row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), shape.n_rows,
+                               shape.n_cols, a.size(1), out.data_ptr<scalar_t>());
   });
   return out;
 }

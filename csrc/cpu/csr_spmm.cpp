@@ -21,6 +21,7 @@
 
 #include "../checks.h"
 #include "column_tiles.h"
+#include "feature_major.h"
 #include "output_sink.h"
 #include "packing.h"
 #include "kernels.h"
@@ -78,13 +79,13 @@ inline void row_times_dense_tail(const T* values, const int32_t* cols, int64_t b
 
 template <typename T, typename Sink>
 void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
-                     const T* dense, int64_t batch, const Sink& sink) {
+                     const T* dense, int64_t batch, int64_t ld, const Sink& sink) {
   constexpr int64_t L = Simd<T>::kLanes;
   constexpr int kWide = 4;  // vectors per chunk: 4 (+4 odd) accumulators, 64 floats with AVX-512
   constexpr int64_t C = kWide * L;
   const int64_t n_full = batch / C;
-  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
-  const ColumnBands bands = choose_column_bands(n_cols, operand.ld * sizeof(T));  // column_tiles.h
+  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, ld, C);  // packing.h
+  const ColumnBands bands = choose_column_bands(n_cols, operand.footprint_bytes);  // column_tiles.h
   const int64_t tile = bands.width, n_tiles = bands.count;
   parallel_over_rows(offsets, n_rows, [&](int64_t part_begin, int64_t part_end) {
     in_row_blocks(part_begin, part_end, kSinkRows, [&](int64_t row_begin, int64_t row_end) {  // output_sink.h
@@ -109,13 +110,13 @@ void csr_spmm_kernel(const T* values, const int32_t* offsets, const int32_t* col
       int64_t b0 = n_full * C;
       for (; b0 + L <= batch; b0 += L) {
         for (int64_t r = row_begin; r < row_end; ++r) {
-          row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, false,
+          row_times_dense<T, 1>(values, cols, offsets[r], offsets[r + 1], dense + b0, ld, false,
                                 out.at(r, b0));
         }
       }
       if (b0 < batch) {
         for (int64_t r = row_begin; r < row_end; ++r) {
-          row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, batch, batch - b0,
+          row_times_dense_tail(values, cols, offsets[r], offsets[r + 1], dense + b0, ld, batch - b0,
                                out.at(r, b0));
         }
       }
@@ -139,14 +140,15 @@ at::Tensor csr_spmm_run(const at::Tensor& values, const at::Tensor& row_offsets,
   check_values(values, shape.nnz);
   check_dense(dense, "dense", values.scalar_type(), shape.n_cols);
   const at::Tensor v = values.contiguous();
-  const at::Tensor d = dense.contiguous();
-  const int64_t batch = d.size(1);
-  at::Tensor out = output.allocate(shape.n_rows, batch, d.options());
+  const FeatureMajor d = feature_major(dense);  // feature_major.h: in place if laid out by transpose()
+  const int64_t batch = dense.size(1);
+  at::Tensor out = output.allocate(shape.n_rows, batch, dense.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_cpu", [&] {
     csr_spmm_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                              col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(),
-                              batch, output.template sink<scalar_t>(out, shape.n_rows));
+                              col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols,
+                              d.tensor.data_ptr<scalar_t>(), batch, d.ld,
+                              output.template sink<scalar_t>(out, shape.n_rows));
   });
   return out;
 }

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "feature_major.h"
 #include "kernels.h"
 #include "lane_sums.h"
 #include "output_sink.h"
@@ -74,18 +75,19 @@ inline void fused_row(const T* __restrict values, const int32_t* __restrict cols
 // Does the full batch chunks and returns how many batch columns that covered.
 template <typename T>
 int64_t fused_kernel(const T* values, const int32_t* offsets, const int32_t* cols, int64_t n_rows, int64_t n_cols,
-                     const T* dense, const T* other, int64_t batch, const BatchMajorSink<T>& sink, T* dots) {
+                     const T* dense, int64_t dense_ld, const T* other, int64_t other_ld, int64_t batch,
+                     const BatchMajorSink<T>& sink, T* dots) {
   constexpr int64_t C = kWide * Simd<T>::kLanes;
   const int64_t n_full = batch / C;
   if (n_rows == 0 || n_full == 0) return 0;
-  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, C);  // packing.h
+  const ChunkedOperand<T> operand = chunked_operand(dense, n_cols, batch, dense_ld, C);  // packing.h
   parallel_over_rows(offsets, n_rows, [&](int64_t part_begin, int64_t part_end) {
     in_row_blocks(part_begin, part_end, kSinkRows, [&](int64_t row_begin, int64_t row_end) {  // output_sink.h
       for (int64_t c = 0; c < n_full; ++c) {
         const T* slab = operand.chunk(c, n_cols, C);
         const SinkRows<T> out = sink.chunk(row_begin, row_end, c * C, (c + 1) * C, batch);
         for (int64_t r = row_begin; r < row_end; ++r) {
-          fused_row<T>(values, cols, offsets[r], offsets[r + 1], slab, operand.ld, other + r * batch + c * C, c == 0,
+          fused_row<T>(values, cols, offsets[r], offsets[r + 1], slab, operand.ld, other + r * other_ld + c * C, c == 0,
                        out.at(r, c * C), dots);
         }
         sink.done(out, row_begin, row_end, c * C, (c + 1) * C);
@@ -109,22 +111,22 @@ std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
   TORCH_CHECK_VALUE(dense.size(1) == other.size(1), "dense, other: batch sizes differ: ", dense.size(1), " and ",
                     other.size(1));
   const at::Tensor v = values.contiguous();
-  const at::Tensor d = dense.contiguous();
-  const at::Tensor o = other.contiguous();
-  const int64_t batch = d.size(1);
+  const FeatureMajor d = feature_major(dense);  // feature_major.h: in place if laid out by transpose()
+  const FeatureMajor o = feature_major(other);
+  const int64_t batch = dense.size(1);
   const BatchMajorOutput output{};  // output_sink.h
-  at::Tensor out = output.allocate(shape.n_rows, batch, d.options());
-  at::Tensor dots = at::zeros({shape.nnz}, d.options());  // an empty batch gives exact zeros
+  at::Tensor out = output.allocate(shape.n_rows, batch, dense.options());
+  at::Tensor dots = at::zeros({shape.nnz}, dense.options());  // an empty batch gives exact zeros
   int64_t done = 0;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "csr_spmm_sddmm_bt_cpu", [&] {
     done = fused_kernel<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                                  col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols, d.data_ptr<scalar_t>(),
-                                  o.data_ptr<scalar_t>(), batch, output.sink<scalar_t>(out, shape.n_rows),
-                                  dots.data_ptr<scalar_t>());
+                                  col_indices.data_ptr<int32_t>(), shape.n_rows, shape.n_cols,
+                                  d.tensor.data_ptr<scalar_t>(), d.ld, o.tensor.data_ptr<scalar_t>(), o.ld, batch,
+                                  output.sink<scalar_t>(out, shape.n_rows), dots.data_ptr<scalar_t>());
   });
   if (done < batch) {  // the last columns (or all, for an empty S): the two kernels, separately
-    const at::Tensor d_tail = d.narrow(1, done, batch - done).contiguous();
-    const at::Tensor o_tail = o.narrow(1, done, batch - done).contiguous();
+    const at::Tensor d_tail = d.tensor.narrow(1, done, batch - done).contiguous();
+    const at::Tensor o_tail = o.tensor.narrow(1, done, batch - done).contiguous();
     out.narrow(0, done, batch - done)
         .copy_(csr_spmm_cpu(v, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, d_tail).t());
     dots.add_(csr_sddmm_cpu(o_tail, d_tail, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,

@@ -29,13 +29,16 @@ inline void pack_batch_chunks(const T* src, int64_t rows, int64_t ld, int64_t wi
   });
 }
 
-// What a kernel reads for each full batch chunk of a (rows, batch) operand: a packed copy when the rows are
-// far apart, else the operand itself. Columns past the last full chunk are always read from the original.
+// What a kernel reads for each full batch chunk of a (rows, batch) operand with row stride `ld`: a packed
+// copy when its rows would map to few cache sets, else the operand itself (one chunk only, or rows padded
+// to an odd number of cache lines by transpose(), feature_major.h). Columns past the last full chunk are
+// always read from the original.
 template <typename T>
 struct ChunkedOperand {
   const T* data;
-  int64_t ld;   // distance between consecutive rows of one chunk
-  bool packed;  // chunk c is the contiguous block data + c * rows * width
+  int64_t ld;               // distance between consecutive rows of one chunk
+  bool packed;              // chunk c is the contiguous block data + c * rows * width
+  int64_t footprint_bytes;  // cache footprint of one row's slice in a chunk, for column bands (column_tiles.h)
 
   const T* chunk(int64_t c, int64_t rows, int64_t width) const {
     return packed ? data + c * rows * width : data + c * width;
@@ -43,12 +46,14 @@ struct ChunkedOperand {
 };
 
 template <typename T>
-inline ChunkedOperand<T> chunked_operand(const T* src, int64_t rows, int64_t batch, int64_t width) {
+inline ChunkedOperand<T> chunked_operand(const T* src, int64_t rows, int64_t batch, int64_t ld, int64_t width) {
   const int64_t n_full = batch / width;
-  if (n_full == 0 || batch <= width) return {src, batch, false};  // one chunk: already contiguous
+  const int64_t slice_bytes = width * static_cast<int64_t>(sizeof(T));
+  if (n_full == 0 || batch <= width) return {src, ld, false, ld * static_cast<int64_t>(sizeof(T))};  // one chunk
+  if (ld != batch) return {src, ld, false, slice_bytes};  // padded rows: slices spread over every set
   T* buffer = scratch_buffer<T, struct PackedOperandTag>(n_full * rows * width);
-  pack_batch_chunks(src, rows, batch, width, n_full, buffer);
-  return {buffer, width, true};
+  pack_batch_chunks(src, rows, ld, width, n_full, buffer);
+  return {buffer, width, true, slice_bytes};
 }
 
 }  // namespace sparsekern
