@@ -85,3 +85,33 @@ def test_linear_bad_input(kind):
         op(x.int(), values, *lt, b)
     with pytest.raises(ValueError, match=r"bias: expected shape \(6,\)"):
         op(x, values, *lt, b[:3])
+
+
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+def test_linear_cpu_autograd_is_the_compiled_one(kind):
+    """With the extension, CPU layers differentiate through the C++ autograd (csrc/cpu/linear_autograd.cpp),
+    not the Python formula (which serves other devices and SPARSEKERN_NO_EXT; both pass the tests here)."""
+    from sparsekern import _extension
+
+    op, _, x, values, lt, b = _case(kind)
+    y, _ = op(x, values, *lt, b)
+    compiled = "CppNode" in y.grad_fn.name()
+    assert compiled == _extension.has_compiled_kernels("cpu"), y.grad_fn.name()
+
+
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+@pytest.mark.parametrize("needs", ["x", "values", "bias", "x+values"])
+def test_linear_partial_gradients(kind, needs):
+    """Only the inputs that require grad get one, and each equals the all-inputs gradient (the fused CSR
+    backward runs only when both x and values need theirs)."""
+    op, _, x, values, lt, b = _case(kind, requires_grad=False)
+    grad = torch.randn(x.shape[0], b.shape[0], dtype=F64)
+    full = [t.detach().clone().requires_grad_() for t in (x, values, b)]
+    op(full[0], full[1], *lt, full[2])[0].backward(grad)
+    part = [t.detach().clone().requires_grad_(name in needs) for t, name in zip((x, values, b), ("x", "values", "bias"))]
+    op(part[0], part[1], *lt, part[2])[0].backward(grad)
+    for f, p, name in zip(full, part, ("x", "values", "bias")):
+        if name in needs:
+            torch.testing.assert_close(p.grad, f.grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert p.grad is None
