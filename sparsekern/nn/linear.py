@@ -109,7 +109,8 @@ class SparseLinear(nn.Module):
         self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
 
     def _layout_tensors(self):
-        return tuple(getattr(self, "_layout_" + name) for name in _CSR_BUFFERS)
+        buffers = self._buffers  # read directly: nn.Module.__getattr__ is a slow fallback, once per layer call
+        return tuple(buffers["_layout_" + name] for name in _CSR_BUFFERS)
 
     def set_mask(self, mask) -> None:
         """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
