@@ -192,6 +192,7 @@ def _spmm_bt_reference(block):
 
 
 torch.library.impl(_lib, "csr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(False))
+torch.library.impl(_lib, "bsr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(True))
 
 
 def _check_spmm_sddmm(values, layout, dense, other):
@@ -209,7 +210,6 @@ def _csr_spmm_sddmm_bt_reference(values, *args):
     _check_layout_values(*layout)
     out = reference.csr_spmm(values, *layout, dense).t().contiguous()
     return out, reference.csr_sddmm(other, dense, *layout)
-torch.library.impl(_lib, "bsr_spmm_bt", "CompositeExplicitAutograd")(_spmm_bt_reference(True))
 
 
 def _check_convert(row_offsets, col_indices, nnz_name, nnz, float_name, float_tensor):
@@ -549,16 +549,14 @@ def _linear_autograd(spmm_bt, sddmm, block):
             d_x, d_values_t = csr_spmm_sddmm_bt(_transposed_values(values, layout, False), *_transposed(layout),
                                                 grad_t, xt)
             d_values = permute(d_values_t, layout[5], layout[4])  # Wᵀ's entry order -> W's
-            if grad_xt is not None:
-                d_x = d_x + transpose(grad_xt)
-            return (d_x, d_values, *([None] * 6), grad.sum(0) if ctx.needs_input_grad[-1] else None)
-        if ctx.needs_input_grad[0]:
-            d_x = spmm_bt(_transposed_values(values, layout, block), *_transposed(layout), grad_t, None)
-            if grad_xt is not None:
-                d_x = d_x + transpose(grad_xt)
-        if ctx.needs_input_grad[1]:
-            empty_grid = block and (grad_t.shape[0] == 0 or xt.shape[0] == 0)
-            d_values = torch.zeros_like(values) if empty_grid else sddmm(grad_t, xt, *layout)
+        else:
+            if ctx.needs_input_grad[0]:
+                d_x = spmm_bt(_transposed_values(values, layout, block), *_transposed(layout), grad_t, None)
+            if ctx.needs_input_grad[1]:
+                empty_grid = block and (grad_t.shape[0] == 0 or xt.shape[0] == 0)
+                d_values = torch.zeros_like(values) if empty_grid else sddmm(grad_t, xt, *layout)
+        if d_x is not None and grad_xt is not None:
+            d_x = d_x + transpose(grad_xt)
         if ctx.needs_input_grad[-1]:
             d_bias = grad.sum(0)
         return (d_x, d_values, *([None] * 6), d_bias)
@@ -573,6 +571,7 @@ for _op, _spmm_bt, _sddmm, _block in (("csr", csr_spmm_bt, csr_sddmm, False), ("
     torch.library.register_autograd(f"sparsekern::{_op}_linear", _bw, setup_context=_setup, lib=_lib)
 
 csr_linear = torch.ops.sparsekern.csr_linear.default
+bsr_linear = torch.ops.sparsekern.bsr_linear.default
 
 
 def _spmm_sddmm_setup(ctx, inputs, output):
@@ -603,7 +602,6 @@ def _spmm_sddmm_backward(ctx, grad_out, grad_dots):
 
 torch.library.register_autograd("sparsekern::csr_spmm_sddmm_bt", _spmm_sddmm_backward,
                                 setup_context=_spmm_sddmm_setup, lib=_lib)
-bsr_linear = torch.ops.sparsekern.bsr_linear.default
 
 
 for _op, _spmm, _sddmm, _block in (("csr", csr_spmm, csr_sddmm, False), ("bsr", bsr_spmm, bsr_sddmm, True)):
