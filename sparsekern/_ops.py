@@ -659,3 +659,8 @@ def _permute_backward(ctx, grad):
 
 
 torch.library.register_autograd("sparsekern::permute", _permute_backward, setup_context=_permute_setup, lib=_lib)
+
+
+# The convolution family (its own file; registered on the same library).
+from ._ops_conv import (conv_output_size, csr_conv2d, csr_conv2d_input_grad,  # noqa: E402,F401
+                        csr_conv2d_weight_grad)

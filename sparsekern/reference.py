@@ -26,25 +26,30 @@ def _chunks(nnz: int, batch: int):
         yield slice(start, min(nnz, start + step))
 
 
-def csr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
-    """``out[r] = Σ_{i in row r} values[i] · dense[col_indices[i]]``; dense (n_cols, B) → out (n_rows, B)."""
-    n_rows = row_offsets.numel() - 1
+def _scatter_products(values, rows, cols, dense, n_rows):
+    """``out[rows[i]] += values[i] · dense[cols[i]]`` over all entries i; out (n_rows, B)."""
     out = dense.new_zeros(n_rows, dense.shape[1])
-    rows = row_ids(row_offsets)
-    cols = col_indices.long()
     for s in _chunks(values.numel(), dense.shape[1]):
         out.index_add_(0, rows[s], values[s, None] * dense[cols[s]])
     return out
 
 
-def csr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
-    """``out[i] = a[row(i)] · b[col_indices[i]]`` (dot over the batch); a (n_rows, B), b (n_cols, B)."""
-    rows = row_ids(row_offsets)
-    cols = col_indices.long()
+def _entry_dots(a, b, rows, cols):
+    """``out[i] = a[rows[i]] · b[cols[i]]`` (dot over the batch)."""
     out = a.new_empty(cols.numel())
     for s in _chunks(cols.numel(), a.shape[1]):
         out[s] = (a[rows[s]] * b[cols[s]]).sum(-1)
     return out
+
+
+def csr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
+    """``out[r] = Σ_{i in row r} values[i] · dense[col_indices[i]]``; dense (n_cols, B) → out (n_rows, B)."""
+    return _scatter_products(values, row_ids(row_offsets), col_indices.long(), dense, row_offsets.numel() - 1)
+
+
+def csr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    """``out[i] = a[row(i)] · b[col_indices[i]]`` (dot over the batch); a (n_rows, B), b (n_cols, B)."""
+    return _entry_dots(a, b, row_ids(row_offsets), col_indices.long())
 
 
 def bsr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
@@ -86,3 +91,55 @@ def dense_from_csr(values, row_offsets, col_indices, n_cols):
 def csr_values_from_dense(dense, row_offsets, col_indices):
     """The entries of ``dense`` at the stored positions, in CSR order (csr_from_dense)."""
     return dense[row_ids(row_offsets), col_indices.long()]
+
+
+# ------------------------------------------------------------------------------------------ convolution
+# A sparse Conv2d is a sparse GEMM over the unfolded input (im2col): the weight viewed as
+# (C_out, C_in/groups · kH · kW) is the CSR matrix, and with groups, output channel o of group g reads the
+# unfolded rows of group g only. The reference unfolds the whole input (memory: kH·kW times the input), so
+# it suits tests and the fallback on devices without a kernel, not large layers.
+
+def _unfolded_columns(row_offsets, col_indices, n_cols, groups):
+    """(row, unfolded-input row) of every entry: the column plus its group's offset, n_cols per group."""
+    rows = row_ids(row_offsets)
+    rows_per_group = (row_offsets.numel() - 1) // groups
+    return rows, col_indices.long() + (rows // rows_per_group) * n_cols
+
+
+def _unfold_feature_major(x, kernel_size, stride, padding, dilation):
+    """im2col of x (N, C, H, W) as (C·kH·kW, N·L), L = output pixels."""
+    u = torch.nn.functional.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    return u.transpose(0, 1).reshape(u.shape[1], -1)
+
+
+def csr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, bias,
+               kernel_size, stride, padding, dilation, groups, output_size):
+    """y (N, C_out, OH, OW) = conv2d(x, W) + bias, W given by its kept values; work ∝ kept weights."""
+    n, n_rows = x.shape[0], row_offsets.numel() - 1
+    rows, cols = _unfolded_columns(row_offsets, col_indices, t_row_offsets.numel() - 1, groups)
+    u = _unfold_feature_major(x, kernel_size, stride, padding, dilation)
+    out = _scatter_products(values, rows, cols, u, n_rows).view(n_rows, n, *output_size).transpose(0, 1)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out.contiguous()
+
+
+def csr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
+                          t_perm_inv, input_size, kernel_size, stride, padding, dilation, groups):
+    """dx (N, C_in, H, W) of y = conv2d(x, W) given dy = grad (N, C_out, OH, OW): Wᵀ on the unfolded grid, folded."""
+    n, n_cols = grad.shape[0], t_row_offsets.numel() - 1
+    rows, cols = _unfolded_columns(row_offsets, col_indices, n_cols, groups)
+    g = grad.transpose(0, 1).reshape(grad.shape[1], -1)  # (C_out, N·L)
+    du = _scatter_products(values, cols, rows, g, n_cols * groups)  # (C_in·kH·kW, N·L)
+    du = du.view(du.shape[0], n, -1).transpose(0, 1)
+    return torch.nn.functional.fold(du, tuple(input_size), kernel_size, dilation=dilation, padding=padding,
+                                    stride=stride)
+
+
+def csr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv,
+                           kernel_size, stride, padding, dilation, groups):
+    """dW at the kept weights only (nnz,): each a dot of dy's channel with the unfolded input row it multiplies."""
+    rows, cols = _unfolded_columns(row_offsets, col_indices, t_row_offsets.numel() - 1, groups)
+    u = _unfold_feature_major(x, kernel_size, stride, padding, dilation)
+    g = grad.transpose(0, 1).reshape(grad.shape[1], -1)
+    return _entry_dots(g, u, rows, cols)

@@ -1,0 +1,232 @@
+"""The convolution family of the op registry: schemas, fakes, references and autograd of a sparse Conv2d.
+
+Registered on the same ``sparsekern`` library as ``_ops.py`` (which imports this module last); a separate
+file because the family is self-contained and ``_ops.py`` already holds the Linear family.
+
+    csr_conv2d(x, values, layout..., bias?, kernel_size, stride, padding, dilation, groups)
+        -> y (N, C_out, OH, OW) = conv2d(x, W) + bias                              forward
+    csr_conv2d_input_grad(grad, values, layout..., input_size, kernel_size, ...)
+        -> dx (N, C_in, H, W)                                                       input gradient
+    csr_conv2d_weight_grad(grad, x, layout..., kernel_size, ...)
+        -> dW at the kept weights (nnz,)                                           weight gradient (SDDMM)
+
+W is the CSR matrix of the weight viewed as ``(C_out, C_in/groups · kH · kW)`` (``CSRLayout.from_mask(
+mask.reshape(C_out, -1))``), values in that row-major order. Activations are NCHW (any strides). Padding
+is symmetric per dimension (zeros); a module with asymmetric "same" padding pads the input itself.
+The closed set: each op's gradient is written with the three ops, so double backward works.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._ops import _LAYOUT_ARGS, _check_layout, _check_layout_values, _check_values_dtype, _lib
+
+_GEOMETRY = "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups"
+
+SCHEMAS = {
+    "csr_conv2d": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias, {_GEOMETRY}) -> Tensor",
+    "csr_conv2d_input_grad": f"(Tensor grad, Tensor values, {_LAYOUT_ARGS}, int[2] input_size, {_GEOMETRY}) -> Tensor",
+    "csr_conv2d_weight_grad": f"(Tensor grad, Tensor x, {_LAYOUT_ARGS}, {_GEOMETRY}) -> Tensor",
+}
+for _name, _schema in SCHEMAS.items():
+    _lib.define(_name + _schema)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+def conv_output_size(input_size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """(OH, OW) of a convolution, as torch computes it."""
+    return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1
+                 for i, k, s, p, d in zip(input_size, kernel_size, stride, padding, dilation))
+
+
+def _check_geometry(layout, kernel_size, stride, padding, dilation, groups):
+    """Validates the geometry against the layout; returns (C_out, C_in) of the convolution."""
+    for name, v, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0),
+                         ("dilation", dilation, 1)):
+        if len(v) != 2 or any(int(e) < low for e in v):
+            raise ValueError(f"{name}: expected two integers >= {low}, got {list(v)}")
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups}")
+    n_rows, n_cols, _ = _check_layout(*layout)
+    taps = kernel_size[0] * kernel_size[1]
+    if n_cols % taps:
+        raise ValueError(f"layout: {n_cols} columns are not (C_in/groups)·kH·kW for kernel {list(kernel_size)}")
+    if n_rows % groups:
+        raise ValueError(f"groups: {groups} does not divide the {n_rows} output channels of the layout")
+    return n_rows, n_cols // taps * groups
+
+
+def _check_activation(name, t, dtype, channels):
+    _check_values_dtype(name, t)
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D (N, C, H, W) tensor, got shape {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if t.shape[1] != channels:
+        raise ValueError(f"{name}: expected {channels} channels (dim 1), got shape {tuple(t.shape)}")
+
+
+def _check_output_size(input_size, kernel_size, stride, padding, dilation):
+    out = conv_output_size(input_size, kernel_size, stride, padding, dilation)
+    if min(out) < 1:
+        raise ValueError(f"x: input size {list(input_size)} is too small for kernel {list(kernel_size)} with "
+                         f"padding {list(padding)} and dilation {list(dilation)} (output size {list(out)})")
+    return out
+
+
+def _check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups):
+    c_out, c_in = _check_geometry(layout, kernel_size, stride, padding, dilation, groups)
+    _check_values_dtype("values", values)
+    nnz = layout[1].shape[0]
+    if values.dim() != 1 or values.shape[0] != nnz:
+        raise ValueError(f"values: expected shape ({nnz},), got {tuple(values.shape)}")
+    _check_activation("x", x, values.dtype, c_in)
+    if bias is not None:
+        if bias.dtype != values.dtype:
+            raise TypeError(f"bias: expected dtype {values.dtype}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != c_out:
+            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+    return (x.shape[0], c_out, *_check_output_size(x.shape[2:], kernel_size, stride, padding, dilation))
+
+
+def _check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation, groups):
+    c_out, c_in = _check_geometry(layout, kernel_size, stride, padding, dilation, groups)
+    _check_values_dtype("values", values)
+    if values.dim() != 1 or values.shape[0] != layout[1].shape[0]:
+        raise ValueError(f"values: expected shape ({layout[1].shape[0]},), got {tuple(values.shape)}")
+    if len(input_size) != 2 or min(input_size) < 1:
+        raise ValueError(f"input_size: expected two positive integers (H, W), got {list(input_size)}")
+    out = _check_output_size(input_size, kernel_size, stride, padding, dilation)
+    _check_activation("grad", grad, values.dtype, c_out)
+    if tuple(grad.shape[2:]) != tuple(out):
+        raise ValueError(f"grad: expected spatial size {list(out)} (the output of input_size {list(input_size)}), "
+                         f"got shape {tuple(grad.shape)}")
+    return (grad.shape[0], c_in, *input_size)
+
+
+def _check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups):
+    c_out, c_in = _check_geometry(layout, kernel_size, stride, padding, dilation, groups)
+    _check_activation("x", x, x.dtype, c_in)
+    out = _check_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    _check_activation("grad", grad, x.dtype, c_out)
+    if grad.shape[0] != x.shape[0] or tuple(grad.shape[2:]) != tuple(out):
+        raise ValueError(f"grad: expected shape {(x.shape[0], c_out, *out)} (the output of x {tuple(x.shape)}), "
+                         f"got {tuple(grad.shape)}")
+    return (layout[1].shape[0],)
+
+
+# ------------------------------------------------------------------------------------ reference and fakes
+
+@torch.library.impl(_lib, "csr_conv2d", "CompositeExplicitAutograd")
+def _csr_conv2d_reference(x, values, *args):
+    *layout, bias, kernel_size, stride, padding, dilation, groups = args
+    shape = _check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups)
+    _check_layout_values(*layout)
+    return reference.csr_conv2d(x, values, *layout, bias, kernel_size, stride, padding, dilation, groups, shape[2:])
+
+
+@torch.library.impl(_lib, "csr_conv2d_input_grad", "CompositeExplicitAutograd")
+def _csr_conv2d_input_grad_reference(grad, values, *args):
+    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
+    _check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation, groups)
+    _check_layout_values(*layout)
+    return reference.csr_conv2d_input_grad(grad, values, *layout, input_size, kernel_size, stride, padding,
+                                           dilation, groups)
+
+
+@torch.library.impl(_lib, "csr_conv2d_weight_grad", "CompositeExplicitAutograd")
+def _csr_conv2d_weight_grad_reference(grad, x, *args):
+    *layout, kernel_size, stride, padding, dilation, groups = args
+    _check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups)
+    _check_layout_values(*layout)
+    return reference.csr_conv2d_weight_grad(grad, x, *layout, kernel_size, stride, padding, dilation, groups)
+
+
+@torch.library.register_fake("sparsekern::csr_conv2d", lib=_lib)
+def _fake_conv2d(x, values, *args):
+    *layout, bias, kernel_size, stride, padding, dilation, groups = args
+    return x.new_empty(_check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups))
+
+
+@torch.library.register_fake("sparsekern::csr_conv2d_input_grad", lib=_lib)
+def _fake_conv2d_input_grad(grad, values, *args):
+    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
+    return grad.new_empty(_check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding,
+                                                 dilation, groups))
+
+
+@torch.library.register_fake("sparsekern::csr_conv2d_weight_grad", lib=_lib)
+def _fake_conv2d_weight_grad(grad, x, *args):
+    *layout, kernel_size, stride, padding, dilation, groups = args
+    return grad.new_empty(_check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups))
+
+
+csr_conv2d = torch.ops.sparsekern.csr_conv2d.default
+csr_conv2d_input_grad = torch.ops.sparsekern.csr_conv2d_input_grad.default
+csr_conv2d_weight_grad = torch.ops.sparsekern.csr_conv2d_weight_grad.default
+
+
+# --------------------------------------------------------------------------------------------- autograd
+# y = A_W x (+ b) with A_W linear in W and in x: dx = A_Wᵀ dy (input_grad), dW = ∂⟨A_W x, dy⟩/∂W at kept
+# weights (weight_grad). input_grad is linear in (grad, W) and weight_grad bilinear in (grad, x), so their
+# gradients are the three ops again.
+
+def _conv2d_setup(ctx, inputs, output):
+    x, values, *layout, bias, kernel_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, values, *layout)
+    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_backward(ctx, grad):
+    x, values, *layout = ctx.saved_tensors
+    d_x = d_values = d_bias = None
+    if ctx.needs_input_grad[0]:
+        d_x = csr_conv2d_input_grad(grad, values, *layout, list(x.shape[2:]), *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        d_values = csr_conv2d_weight_grad(grad, x, *layout, *ctx.geometry)
+    if ctx.has_bias and ctx.needs_input_grad[8]:
+        d_bias = grad.sum((0, 2, 3))
+    return (d_x, d_values, *([None] * 6), d_bias, None, None, None, None, None)
+
+
+def _input_grad_setup(ctx, inputs, output):
+    grad, values, *layout, input_size, kernel_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad, values, *layout)
+    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+
+
+def _input_grad_backward(ctx, gg):
+    grad, values, *layout = ctx.saved_tensors
+    d_grad = d_values = None
+    if ctx.needs_input_grad[0]:
+        d_grad = csr_conv2d(gg, values, *layout, None, *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        d_values = csr_conv2d_weight_grad(grad, gg, *layout, *ctx.geometry)
+    return (d_grad, d_values, *([None] * 6), None, None, None, None, None, None)
+
+
+def _weight_grad_setup(ctx, inputs, output):
+    grad, x, *layout, kernel_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad, x, *layout)
+    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+
+
+def _weight_grad_backward(ctx, gv):
+    grad, x, *layout = ctx.saved_tensors
+    gv = gv.contiguous()
+    d_grad = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad = csr_conv2d(x, gv, *layout, None, *ctx.geometry)
+    if ctx.needs_input_grad[1]:
+        d_x = csr_conv2d_input_grad(grad, gv, *layout, list(x.shape[2:]), *ctx.geometry)
+    return (d_grad, d_x, *([None] * 6), None, None, None, None, None)
+
+
+torch.library.register_autograd("sparsekern::csr_conv2d", _conv2d_backward, setup_context=_conv2d_setup, lib=_lib)
+torch.library.register_autograd("sparsekern::csr_conv2d_input_grad", _input_grad_backward,
+                                setup_context=_input_grad_setup, lib=_lib)
+torch.library.register_autograd("sparsekern::csr_conv2d_weight_grad", _weight_grad_backward,
+                                setup_context=_weight_grad_setup, lib=_lib)
