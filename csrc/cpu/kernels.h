@@ -103,3 +103,29 @@ std::tuple<at::Tensor, at::Tensor> csr_spmm_sddmm_bt_cpu(
     const at::Tensor& t_perm_inv, const at::Tensor& dense, const at::Tensor& other);
 
 }  // namespace sparsekern
+
+namespace sparsekern {
+
+// Sparse Conv2d (conv2d_*.cpp): W is the CSR matrix of the weight viewed as (C_out, C_in/groups·kH·kW);
+// activations NCHW. Forward (+ bias), input gradient, and the weight gradient at kept weights only.
+at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
+                          const at::Tensor& col_indices, const at::Tensor& t_row_offsets,
+                          const at::Tensor& t_col_indices, const at::Tensor& t_perm, const at::Tensor& t_perm_inv,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+at::Tensor csr_conv2d_input_grad_cpu(const at::Tensor& grad, const at::Tensor& values, const at::Tensor& row_offsets,
+                                     const at::Tensor& col_indices, const at::Tensor& t_row_offsets,
+                                     const at::Tensor& t_col_indices, const at::Tensor& t_perm,
+                                     const at::Tensor& t_perm_inv, at::IntArrayRef input_size,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups);
+
+at::Tensor csr_conv2d_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_offsets,
+                                      const at::Tensor& col_indices, const at::Tensor& t_row_offsets,
+                                      const at::Tensor& t_col_indices, const at::Tensor& t_perm,
+                                      const at::Tensor& t_perm_inv, at::IntArrayRef kernel_size,
+                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                      int64_t groups);
+
+}  // namespace sparsekern
