@@ -1,4 +1,8 @@
-"""Machine/version metadata, robust statistics and CSV/markdown writers shared by the benchmark suites.
+"""What the benchmark suites share: machine/version metadata, the candidate and its interleaved timer, the
+check against a float64 reference, robust statistics and CSV/markdown writers.
+
+A suite (``linear_cases``, ``conv_cases``) builds :class:`Candidate` objects for one shape × sparsity and
+computes its float64 reference; everything from there on (checking, timing, statistics, output) is here.
 
 Import this only after the thread environment is set (``benchmarks.run`` does that first): it imports torch.
 """
@@ -6,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import gc
 import hashlib
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -71,6 +79,58 @@ def cpu_busy_percent(interval: float = 1.0) -> float:
         return float("nan")
     total = total1 - total0
     return 100.0 * (1 - (idle1 - idle0) / total) if total > 0 else float("nan")
+
+
+def cpu_times() -> tuple[int, int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (/proc/stat) and this process's own CPU ticks (all its
+    threads, /proc/self/stat utime + stime); the same unit (USER_HZ), so ``others_busy_percent`` can subtract."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])
+    with open("/proc/self/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": the command may contain spaces
+    own = int(stat[11]) + int(stat[12])  # utime, stime (fields 14, 15 of proc(5))
+    return total - idle, total, own
+
+
+def others_busy_percent(start, end) -> float:
+    """The share of all CPUs (in %) that processes other than this one used between two ``cpu_times()``.
+
+    With 2 CPUs, one other process running flat out is 50 %. Timing with as many threads as CPUs, any of it
+    is preemption: an OpenMP barrier then waits a whole scheduler slice for the preempted thread (on the
+    2-CPU benchmark box a small conv step went from 0.3 ms to 84 ms while one other process ran). NaN where
+    /proc is unavailable.
+    """
+    if start is None or end is None:
+        return float("nan")
+    total = end[1] - start[1]
+    if total <= 0:
+        return float("nan")
+    return max(0.0, 100.0 * ((end[0] - start[0]) - (end[2] - start[2])) / total)
+
+
+def try_cpu_times():
+    try:
+        return cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_for_quiet(threshold: float, max_wait_s: float, log=None, interval: float = 0.5) -> tuple[float, float]:
+    """Sleep until other processes use at most ``threshold`` % of the CPUs over ``interval`` (we are idle),
+    or ``max_wait_s`` has passed. Returns (seconds waited, the last busy %)."""
+    waited, busy, said = 0.0, float("nan"), False
+    while True:
+        a = try_cpu_times()
+        time.sleep(interval)
+        busy = others_busy_percent(a, try_cpu_times())
+        if not busy > threshold or waited + interval > max_wait_s:  # NaN (no /proc): do not wait
+            return waited + interval, busy
+        waited += interval
+        if log is not None and not said:
+            log(f"  waiting for the CPUs to go quiet (others use {busy:.0f}%; up to {max_wait_s:g} s)")
+            said = True
 
 
 def _git(*args: str) -> str:
@@ -145,6 +205,121 @@ def command_line(module: str = "benchmarks.run") -> str:
 def _quote(arg: str) -> str:
     import shlex
     return shlex.quote(arg)
+
+
+# ------------------------------------------------------------------------------------- the candidate
+@dataclass
+class Candidate:
+    """One layer implementation under test, as a training step uses it."""
+    name: str
+    layout: str                                   # "dense", "csr", "bsr16", ...
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    params: list[torch.Tensor]                    # gradients reset before every step
+    mask: torch.Tensor | None                     # the kept weights (None: all of them)
+    weight_grad: Callable[[], torch.Tensor]       # weight gradient at the kept positions, row-major order
+    bias: torch.Tensor | None
+    resolved_backend: str = ""
+    nnz: int = 0
+    notes: list[str] = field(default_factory=list)
+    check: str = ""
+
+
+# A check fails when max|candidate - reference| > CHECK_RTOL * max|reference| (float32 vs float64).
+CHECK_RTOL = 1e-3
+
+
+def compare_to_reference(got: dict, ref: dict) -> str:
+    """``"ok <worst relative error>"`` or ``"FAIL: ..."``: each ``got[key]`` against the float64 ``ref[key]``.
+
+    The error of a tensor is ``max|got - ref| / max|ref|``; a missing tensor or one with the wrong number of
+    elements fails too.
+    """
+    worst = 0.0
+    for key, r in ref.items():
+        g = got[key]
+        if g is None:
+            return f"FAIL: no {key}"
+        g = g.detach().reshape(r.shape) if g.numel() == r.numel() else None
+        if g is None:
+            return f"FAIL: {key} has {got[key].numel()} elements, expected {r.numel()}"
+        err = float((g.double() - r).abs().max() / r.abs().max().clamp_min(1e-30))
+        if not err <= CHECK_RTOL:
+            return f"FAIL: {key} rel err {err:.1e}"
+        worst = max(worst, err)
+    return f"ok {worst:.0e}"
+
+
+# ------------------------------------------------------------------------------------------- timing
+def reset_grads(c: Candidate, x: torch.Tensor) -> None:
+    x.grad = None
+    for p in c.params:
+        if p is not None:
+            p.grad = None
+
+
+def step(c: Candidate, x, grad):
+    """One training step of the layer; returns (y, (fwd_ns, bwd_ns, fwd+bwd_ns))."""
+    reset_grads(c, x)
+    t0 = time.perf_counter_ns()
+    y = c.forward(x)
+    t1 = time.perf_counter_ns()
+    y.backward(grad)
+    t2 = time.perf_counter_ns()
+    return y, (t1 - t0, t2 - t1, t2 - t0)
+
+
+PHASES = ("fwd", "bwd", "fwd+bwd")
+
+
+def time_candidates(candidates: list[Candidate], x, grad, *, repeats: int, warmup: int,
+                    budget_s: float = 60.0, min_repeats: int = 3, progress=None) -> dict:
+    """Interleaved timing: round r runs one step of every candidate, in a shuffled order (seeded by r).
+
+    Interleaving spreads slow drift of a shared machine (other jobs, thermal) evenly over the candidates,
+    so the ratios stay fair even when absolute times move. The order is shuffled, not rotated: with a
+    fixed order each candidate always ran right after the same neighbour and inherited its cache state (a
+    layer after another sparse layer with the same input ran 5-9% faster than the same layer after dense,
+    whose 16 MB weight had flushed the caches). A candidate whose warm step is so slow that
+    ``repeats`` steps would exceed ``budget_s`` gets fewer repeats (never fewer than ``min_repeats``); the
+    ``n`` column records how many it got.
+
+    Returns ``{name: {"fwd": [ns...], "bwd": [...], "fwd+bwd": [...]}}``.
+    """
+    quota = {}
+    for c in candidates:
+        last = 0
+        for _ in range(max(warmup, 1)):
+            _, (_, _, last) = step(c, x, grad)
+        quota[c.name] = repeats if last * repeats <= budget_s * 1e9 else max(min_repeats, int(budget_s * 1e9 // last))
+        if quota[c.name] < repeats:
+            c.notes.append(f"{quota[c.name]} repeats (time budget)")
+    samples = {c.name: {p: [] for p in PHASES} for c in candidates}
+    rounds = max(quota.values(), default=0)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = list(candidates)
+            random.Random(r).shuffle(order)
+            for c in order:
+                if len(samples[c.name]["fwd"]) >= quota[c.name]:
+                    continue
+                _, times = step(c, x, grad)
+                for phase, t in zip(PHASES, times):
+                    samples[c.name][phase].append(t)
+            if progress is not None:
+                progress(r + 1, rounds)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    reset_grads_all(candidates, x)
+    return samples
+
+
+def reset_grads_all(candidates, x) -> None:
+    for c in candidates:
+        reset_grads(c, x)
 
 
 # ---------------------------------------------------------------------------------------- statistics

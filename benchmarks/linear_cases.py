@@ -1,4 +1,4 @@
-"""The linear-layer candidates (dense, sparsekern, torch.sparse, SparseProp) and the interleaved timer.
+"""The linear-layer candidates (dense, sparsekern, torch.sparse, SparseProp), their shapes and check.
 
 Every candidate is timed the way a training step uses a layer: ``x`` is ``(B, in)`` contiguous with
 ``requires_grad=True``, ``y = layer(x)`` runs with autograd on, then ``y.backward(grad)`` with one fixed
@@ -11,18 +11,19 @@ wrong thing cannot post a time.
 """
 from __future__ import annotations
 
-import gc
-import random
-import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import sparsekern
 from sparsekern.masks import random_mask
+
+# The candidate, its check and the interleaved timer are shared with the conv suite (common.py); re-exported
+# here so ``lc.step``, ``lc.time_candidates`` ... keep working.
+from .common import (CHECK_RTOL, PHASES, Candidate, compare_to_reference, reset_grads,  # noqa: F401
+                     reset_grads_all, step, time_candidates)
 
 # Candidate names, in display order. "sk_<layout>" is sparsekern with backend="sparse", "sk_<layout>_auto"
 # with backend="auto"; <layout> is "csr" (unstructured mask) or "bsr<b>" (b×b block mask).
@@ -37,9 +38,6 @@ DESCRIPTIONS = {
     TORCH_CSR: "torch.sparse.mm(W_csr, xᵀ)ᵀ + b; W_csr = masked weight .to_sparse_csr(), grads via autograd",
     SPARSEPROP: "sparseprop.modules.SparseLinear.from_dense(masked nn.Linear) (SparseProp, ICML 2023)",
 }
-
-# A check fails when max|candidate - reference| > CHECK_RTOL * max|reference| (float32 vs float64).
-CHECK_RTOL = 1e-3
 
 
 # ------------------------------------------------------------------------------------------- layouts
@@ -109,6 +107,15 @@ class Shape:
     def spec(self) -> str:
         return f"{self.in_features}x{self.out_features}@{self.batch}"
 
+    @property
+    def weight_numel(self) -> int:
+        return self.in_features * self.out_features
+
+    def row_fields(self) -> dict:
+        """The shape's columns of a result row."""
+        return {"shape": self.spec, "in_features": self.in_features, "out_features": self.out_features,
+                "batch": self.batch}
+
 
 def parse_shapes(spec: str) -> list[Shape]:
     """``"2048x2048@256,768x3072@2048"``: ``IN x OUT @ BATCH`` (nn.Linear(IN, OUT), input (BATCH, IN))."""
@@ -125,21 +132,6 @@ def parse_shapes(spec: str) -> list[Shape]:
     if not shapes:
         raise ValueError("--shapes: expected at least one shape")
     return shapes
-
-
-@dataclass
-class Candidate:
-    name: str
-    layout: str                                   # "dense", "csr", "bsr16", ...
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    params: list[torch.Tensor]                    # gradients reset before every step
-    mask: torch.Tensor | None                     # the kept weights (None: all of them)
-    weight_grad: Callable[[], torch.Tensor]       # weight gradient at the kept positions, row-major order
-    bias: torch.Tensor | None
-    resolved_backend: str = ""
-    nnz: int = 0
-    notes: list[str] = field(default_factory=list)
-    check: str = ""
 
 
 def _sparsekern_candidate(name, dense: nn.Linear, mask, block, backend) -> Candidate:
@@ -279,89 +271,10 @@ def check_candidate(c: Candidate, dense_weight: torch.Tensor, dense_bias: torch.
         ref["dW"] = dw.reshape(-1) if c.mask is None else dw[c.mask]
         ref["db"] = g64.sum(0)
         got = {"y": y, "dx": x.grad, "dW": c.weight_grad(), "db": None if c.bias is None else c.bias.grad}
-        worst = 0.0
-        for key, r in ref.items():
-            g = got[key]
-            if g is None:
-                return f"FAIL: no {key}"
-            g = g.detach().reshape(r.shape) if g.numel() == r.numel() else None
-            if g is None:
-                return f"FAIL: {key} has {got[key].numel()} elements, expected {r.numel()}"
-            err = float((g.double() - r).abs().max() / r.abs().max().clamp_min(1e-30))
-            if not err <= CHECK_RTOL:
-                return f"FAIL: {key} rel err {err:.1e}"
-            worst = max(worst, err)
-    return f"ok {worst:.0e}"
+        return compare_to_reference(got, ref)
 
 
-# ------------------------------------------------------------------------------------------- timing
-def reset_grads(c: Candidate, x: torch.Tensor) -> None:
-    x.grad = None
-    for p in c.params:
-        if p is not None:
-            p.grad = None
-
-
-def step(c: Candidate, x, grad):
-    """One training step of the layer; returns (y, (fwd_ns, bwd_ns, fwd+bwd_ns))."""
-    reset_grads(c, x)
-    t0 = time.perf_counter_ns()
-    y = c.forward(x)
-    t1 = time.perf_counter_ns()
-    y.backward(grad)
-    t2 = time.perf_counter_ns()
-    return y, (t1 - t0, t2 - t1, t2 - t0)
-
-
-PHASES = ("fwd", "bwd", "fwd+bwd")
-
-
-def time_candidates(candidates: list[Candidate], x, grad, *, repeats: int, warmup: int,
-                    budget_s: float = 60.0, min_repeats: int = 3, progress=None) -> dict:
-    """Interleaved timing: round r runs one step of every candidate, in a shuffled order (seeded by r).
-
-    Interleaving spreads slow drift of a shared machine (other jobs, thermal) evenly over the candidates,
-    so the ratios stay fair even when absolute times move. The order is shuffled, not rotated: with a
-    fixed order each candidate always ran right after the same neighbour and inherited its cache state (a
-    layer after another sparse layer with the same input ran 5-9% faster than the same layer after dense,
-    whose 16 MB weight had flushed the caches). A candidate whose warm step is so slow that
-    ``repeats`` steps would exceed ``budget_s`` gets fewer repeats (never fewer than ``min_repeats``); the
-    ``n`` column records how many it got.
-
-    Returns ``{name: {"fwd": [ns...], "bwd": [...], "fwd+bwd": [...]}}``.
-    """
-    quota = {}
-    for c in candidates:
-        last = 0
-        for _ in range(max(warmup, 1)):
-            _, (_, _, last) = step(c, x, grad)
-        quota[c.name] = repeats if last * repeats <= budget_s * 1e9 else max(min_repeats, int(budget_s * 1e9 // last))
-        if quota[c.name] < repeats:
-            c.notes.append(f"{quota[c.name]} repeats (time budget)")
-    samples = {c.name: {p: [] for p in PHASES} for c in candidates}
-    rounds = max(quota.values(), default=0)
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            order = list(candidates)
-            random.Random(r).shuffle(order)
-            for c in order:
-                if len(samples[c.name]["fwd"]) >= quota[c.name]:
-                    continue
-                _, times = step(c, x, grad)
-                for phase, t in zip(PHASES, times):
-                    samples[c.name][phase].append(t)
-            if progress is not None:
-                progress(r + 1, rounds)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    reset_grads_all(candidates, x)
-    return samples
-
-
-def reset_grads_all(candidates, x) -> None:
-    for c in candidates:
-        reset_grads(c, x)
+def check_case(c: Candidate, dense: nn.Linear, x, grad, cache=None) -> str:
+    """The runner's entry point: ``check_candidate`` with the dense layer's weights (``cache`` unused: the
+    float64 reference of a linear layer is cheap)."""
+    return check_candidate(c, dense.weight.detach(), dense.bias.detach(), x, grad)
