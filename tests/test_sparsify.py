@@ -1,4 +1,5 @@
-"""sparsify(model, masks): swaps the named nn.Linear layers for SparseLinear in place, leaves the rest alone."""
+"""sparsify(model, masks): swaps the named nn.Linear / nn.Conv2d layers for SparseLinear / SparseConv2d in place,
+leaves the rest alone."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from helpers import assert_error_budget, block_mask, exact_mask
-from sparsekern import SparseLinear, sparsify
+from sparsekern import SparseConv2d, SparseLinear, sparsify
 
 
 class Net(nn.Module):
@@ -111,9 +112,9 @@ def test_sparsify_non_linear_raises_type_error():
         sparsify(model, {"norm.weight": torch.ones(5, dtype=torch.bool)})
     with pytest.raises(TypeError, match=r"'weight' belongs to a Net"):
         sparsify(model, {"weight": torch.ones(20, 12, dtype=torch.bool)})
-    conv = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(TypeError, match=r"belongs to a Conv2d"):
-        sparsify(conv, {"0.weight": torch.ones(4, 3, 3, 3, dtype=torch.bool)})
+    conv1d = nn.Sequential(nn.Conv1d(3, 4, 3))
+    with pytest.raises(TypeError, match=r"'0.weight' belongs to a Conv1d; sparsify supports nn.Linear and nn.Conv2d"):
+        sparsify(conv1d, {"0.weight": torch.ones(4, 3, 3, dtype=torch.bool)})
 
 
 def test_sparsify_root_linear_is_not_silently_ignored():
@@ -137,3 +138,98 @@ def test_sparsify_bad_arguments():
         sparsify(Net(), [("fc1.weight", torch.ones(20, 12))])
     with pytest.raises(ValueError, match=r"mask: expected shape \(20, 12\), got \(12, 20\)"):
         sparsify(Net(), {"fc1.weight": torch.ones(12, 20, dtype=torch.bool)})
+
+
+# ------------------------------------------------------------------------------------------------ Conv2d
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),
+                                  nn.Conv2d(8, 6, (2, 3), padding="same", bias=False), nn.ReLU())
+        self.fc = nn.Linear(6 * 4 * 5, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(self.stem(x)).flatten(1))
+
+
+def _conv_mask(shape, sparsity):
+    return exact_mask((shape[0], int(torch.tensor(shape[1:]).prod())), sparsity).view(shape)
+
+
+def _conv_masks():
+    return {"stem.weight": _conv_mask((8, 3, 3, 3), 0.7), "body.1.weight": _conv_mask((8, 1, 3, 3), 0.5),
+            "body.3.weight": _conv_mask((6, 8, 2, 3), 0.9), "fc.weight": exact_mask((5, 120), 0.8)}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # the dense ref
+@pytest.mark.parametrize("backend", ["auto", "sparse", "dense"])
+def test_sparsify_replaces_named_conv2d_and_linear(backend):
+    model = ConvNet()
+    masks = _conv_masks()
+    del masks["body.1.weight"]  # the depthwise conv stays dense
+    ref = _masked_dense_copy(model, masks)
+    original_depthwise = model.body[1]
+
+    assert sparsify(model, masks, backend=backend) is model
+
+    assert isinstance(model.stem, SparseConv2d) and isinstance(model.body[3], SparseConv2d)
+    assert isinstance(model.fc, SparseLinear)
+    assert model.body[1] is original_depthwise and type(model.body[1]) is nn.Conv2d
+    dense = dict(ref.named_parameters())
+    for layer, name in ((model.stem, "stem.weight"), (model.body[3], "body.3.weight"), (model.fc, "fc.weight")):
+        assert torch.equal(layer.mask, masks[name]) and layer.backend == backend
+        assert torch.equal(layer.weight_values.detach(), dense[name].detach()[masks[name]])
+    conv = model.body[3]
+    assert conv.padding == "same" and conv.kernel_size == (2, 3) and conv.bias is None
+    names = {n for n, _ in model.named_parameters()}
+    assert "stem.weight" not in names and "stem.weight_values" in names and "body.1.weight" in names
+
+    x = torch.randn(2, 3, 8, 9)
+    ref64 = copy.deepcopy(ref).double()
+    assert_error_budget(model(x).detach(), ref(x).detach(), ref64(x.double()).detach(), 2.0)
+    xg = x.clone().requires_grad_()
+    model(xg).sum().backward()
+    assert model.stem.weight_values.grad.shape == (model.stem.nnz,)
+    assert model.body[1].weight.grad is not None and xg.grad is not None
+
+
+def test_sparsify_root_conv2d_and_sparse_conv_set_mask():
+    conv = nn.Conv2d(4, 6, 3, groups=2)
+    mask = _conv_mask((6, 2, 3, 3), 0.5)
+    out = sparsify(conv, {"weight": mask})
+    assert isinstance(out, SparseConv2d) and torch.equal(out.mask, mask) and out.groups == 2
+
+    model = nn.Sequential(out)
+    new = _conv_mask((6, 2, 3, 3), 0.25)
+    sparsify(model, {"0.weight": new})
+    assert model[0] is out and torch.equal(out.mask, new) and out.nnz == int(new.sum())
+
+
+def test_sparsify_conv_state_dict_loads_into_fresh_sparsified_model():
+    model = sparsify(ConvNet(), _conv_masks())
+    fresh = sparsify(ConvNet(), _conv_masks())  # other random masks
+    assert not torch.equal(fresh.stem.mask, model.stem.mask)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(3, 3, 8, 9)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_sparsify_conv_errors_leave_the_model_untouched():
+    model = ConvNet()
+    good = {"fc.weight": exact_mask((5, 120), 0.5)}
+    with pytest.raises(ValueError, match=r"mask: expected shape \(8, 3, 3, 3\), got \(8, 27\)"):
+        sparsify(model, {**good, "stem.weight": torch.ones(8, 27, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"block_size: SparseConv2d takes unstructured masks only, but 'stem.weight' "
+                                         r"is a Conv2d and block_size=\(2, 4\)"):
+        sparsify(model, {"stem.weight": _conv_mask((8, 3, 3, 3), 0.5)}, block_size=(2, 4))
+    with pytest.raises(KeyError, match=r"the model's Linear and Conv2d weights are \['body.1.weight', "
+                                       r"'body.3.weight', 'fc.weight', 'stem.weight'\]"):
+        sparsify(model, {**good, "body.7.weight": torch.ones(1)})
+    assert type(model.fc) is nn.Linear and type(model.stem) is nn.Conv2d  # no partial replacement
+    reflect = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match=r"padding_mode: only 'zeros' is supported, got 'reflect'"):
+        sparsify(reflect, {"0.weight": _conv_mask((4, 3, 3, 3), 0.5)})
+    assert type(reflect[0]) is nn.Conv2d
+

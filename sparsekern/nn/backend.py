@@ -19,6 +19,12 @@ BACKENDS = ("auto", "sparse", "dense")
 # 0.7.
 CPU_MIN_SPARSITY = {"csr": 0.70, "bsr": 0.70}
 
+# Conv2d (CSR, SparseConv2d): PROVISIONAL, not measured. A guess more conservative than the Linear figure, used
+# until benchmarks/ measure the conv crossover; replace it with the measured figure then, and say how it was
+# measured as above.
+CPU_CONV_MIN_SPARSITY = 0.80
+CPU_MIN_SPARSITY["conv2d_csr"] = CPU_CONV_MIN_SPARSITY
+
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
@@ -27,7 +33,8 @@ def check_backend(backend: str) -> str:
 
 
 def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str) -> str:
-    """The backend ``"auto"`` stands for, given the layer's layout kind ("csr"/"bsr") and sparsity."""
+    """The backend ``"auto"`` stands for, given the layer's layout kind (a key of ``CPU_MIN_SPARSITY``: "csr",
+    "bsr" for SparseLinear, "conv2d_csr" for SparseConv2d) and sparsity."""
     if backend != "auto":
         return backend
     if not _extension.has_compiled_kernels(device_type):

@@ -3,41 +3,67 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..validation import check_mask
+from .conv import SparseConv2d
 from .linear import SparseLinear
+
+# What a mask may name: the dense layers sparsify replaces, and sparse layers (which take the new mask).
+_SUPPORTED = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
 
 
 def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "auto") -> nn.Module:
-    """Replace every ``nn.Linear`` named in ``masks`` by a ``SparseLinear`` holding its kept weights.
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` named in ``masks`` by a ``SparseLinear`` / ``SparseConv2d``
+    holding its kept weights.
 
     Args:
-        model: any module; it is modified in place and returned. If ``model`` itself is the named Linear
-            (``masks = {"weight": mask}``), it cannot be replaced in place: the new SparseLinear is returned.
+        model: any module; it is modified in place and returned. If ``model`` itself is the named layer
+            (``masks = {"weight": mask}``), it cannot be replaced in place: the new sparse layer is returned.
         masks: parameter name (as in ``model.named_parameters()``, e.g. ``"fc.weight"``) → bool mask of the
-            weight's shape. Layers not named stay dense.
-        block_size, backend: passed to every ``SparseLinear`` (see its docstring).
+            weight's shape: ``(out_features, in_features)`` for a Linear, ``(C_out, C_in/groups, kH, kW)`` for a
+            Conv2d. Layers not named stay dense. A layer that is already sparse gets the new mask
+            (``set_mask``).
+        block_size: passed to every ``SparseLinear`` (see its docstring); SparseConv2d takes unstructured
+            masks only, so naming a Conv2d together with a ``block_size`` is an error.
+        backend: passed to every new sparse layer.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not isinstance(masks, dict):
         raise TypeError(f"masks: expected a dict of parameter name -> mask, got {type(masks).__name__}")
     modules = dict(model.named_modules())
+    # Every entry is checked, and every new layer built (which checks its mask), before anything is replaced:
+    # a bad entry raises with the model untouched.
+    replacements = []
     for name, mask in masks.items():
         module_name, _, param = name.rpartition(".")
         if param != "weight" or module_name not in modules:
             raise KeyError(f"masks: {name!r} is not the weight of a submodule of the model "
-                           f"(expected names like 'fc.weight'; the model has "
-                           f"{sorted(n + '.weight' for n, m in modules.items() if isinstance(m, nn.Linear))[:8]})")
+                           f"(expected names like 'fc.weight'; the model's Linear and Conv2d weights are "
+                           f"{sorted(n + '.weight' for n, m in modules.items() if isinstance(m, _SUPPORTED))[:8]})")
         module = modules[module_name]
-        if isinstance(module, SparseLinear):
-            module.set_mask(mask)
+        if isinstance(module, (SparseLinear, SparseConv2d)):
+            check_mask(mask, "mask", shape=module.mask.shape, device=module.mask.device)
+            replacements.append((module_name, module, mask))
             continue
-        if not isinstance(module, nn.Linear):
+        if isinstance(module, nn.Conv2d):
+            if block_size is not None:
+                raise ValueError(f"block_size: SparseConv2d takes unstructured masks only, but {name!r} is a "
+                                 f"Conv2d and block_size={block_size!r}; sparsify the Conv2d layers in a "
+                                 f"separate call without block_size")
+            sparse = SparseConv2d.from_dense(module, mask, backend=backend)
+        elif isinstance(module, nn.Linear):
+            sparse = SparseLinear.from_dense(module, mask, block_size=block_size, backend=backend)
+        else:
             raise TypeError(f"masks: {name!r} belongs to a {type(module).__name__}; sparsify supports nn.Linear "
-                            f"(nn.Conv2d support is planned)")
-        sparse = SparseLinear.from_dense(module, mask, block_size=block_size, backend=backend)
-        if module_name == "":
+                            f"and nn.Conv2d")
+        replacements.append((module_name, sparse, None))
+
+    for module_name, sparse, new_mask in replacements:
+        if new_mask is not None:  # an already sparse layer: it keeps its place and takes the new mask
+            sparse.set_mask(new_mask)
+        elif module_name == "":
             model = sparse
-            continue
-        parent_name, _, child = module_name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, sparse)
+        else:
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, sparse)
     return model

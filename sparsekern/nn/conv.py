@@ -1,0 +1,313 @@
+"""SparseConv2d: a drop-in ``nn.Conv2d`` whose pruned weights are never stored, multiplied or updated.
+
+Trainable state is ``weight_values`` (one entry per kept weight, in the mask's row-major order, i.e.
+``dense_weight[mask]``) and ``bias``; gradients and optimizer state are therefore sized by the kept count.
+The ``mask`` buffer (bool, of the weight's shape ``(C_out, C_in/groups, kH, kW)``) is saved with the
+state_dict; the layout index tensors are derived from it (non-persistent buffers, rebuilt whenever the mask
+changes).
+
+The sparse path is one op, ``sparsekern::csr_conv2d`` (``_ops_conv.py``): the weight viewed as the CSR matrix
+``(C_out, C_in/groups · kH · kW)``, convolved with NCHW activations of any strides; its autograd runs the
+input-gradient and the weight-gradient (SDDMM, kept positions only) ops. The op pads symmetrically, so the
+module pads the extra bottom/right pixel of an asymmetric ``padding="same"`` itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _ops
+from ..layout import CSRLayout
+from ..validation import FLOAT_DTYPES, check_mask
+from .backend import check_backend, resolve_backend
+from .linear import _CSR_BUFFERS
+
+# The key of this layer kind in backend.CPU_MIN_SPARSITY (its "auto" crossover).
+_LAYOUT_KIND = "conv2d_csr"
+
+
+class SparseConv2d(nn.Module):
+    """``y = conv2d(x, W) + b`` with ``W`` zero outside ``mask``; the zeros are skipped in all three products.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, device, dtype: as for
+            ``nn.Conv2d`` (ints or pairs; ``padding`` also ``"valid"`` or ``"same"``, the latter with stride 1).
+        padding_mode: only ``"zeros"`` is supported.
+        mask: bool (or 0/1) tensor of the weight's shape ``(out_channels, in_channels // groups, kH, kW)``;
+            ``True`` keeps a weight. ``None`` keeps every weight.
+        backend: ``"auto"`` (sparse kernels at and above the crossover sparsity, dense below; see backend.py),
+            ``"sparse"`` (``sparsekern::csr_conv2d``) or ``"dense"`` (the named dense fallback: the kept values
+            expanded into a dense weight by ``csr_to_dense``, then ``F.conv2d``).
+
+    Input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, float32/float64, any strides → output
+    ``(N, C_out, OH, OW)`` (or ``(C_out, OH, OW)``), channels_last when the input is. Initialisation matches
+    ``nn.Conv2d`` (Kaiming-uniform over the dense fan-in ``C_in/groups · kH · kW``), restricted to the kept
+    weights.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 mask=None, backend: str = "auto", _skip_init: bool = False):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value % groups:
+                raise ValueError(f"groups: {name}={value} is not divisible by groups={groups}")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: only 'zeros' is supported, got {padding_mode!r}")
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        # ``padding`` as nn.Conv2d keeps it (a pair or the string); the op gets the symmetric part and
+        # ``_input_pad`` (F.pad's order: left, right, top, bottom) is what the module pads itself.
+        self.padding, self._op_padding, self._input_pad = _padding(padding, self.kernel_size, self.stride,
+                                                                   self.dilation)
+        self.backend = check_backend(backend)
+
+        shape = self.weight_shape
+        device = torch.device(device) if device is not None else torch.get_default_device()
+        if mask is None:
+            mask = torch.ones(shape, dtype=torch.bool, device=device)
+        mask = check_mask(mask, "mask", shape=shape, device=device)
+
+        self.register_buffer("mask", mask)
+        # _skip_init (from_dense): the values are about to be overwritten, so neither draw them nor advance
+        # the global RNG.
+        if _skip_init:
+            self.weight_values = nn.Parameter(torch.empty(int(mask.sum()), device=device, dtype=dtype))
+        else:
+            dense = torch.empty(shape, device=device, dtype=dtype)
+            nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.Conv2d's init, then keep the masked entries
+            self.weight_values = nn.Parameter(dense[mask])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+            if not _skip_init:
+                bound = 1 / math.sqrt(self._fan_in)
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self._build_layout(mask)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        """``(C_out, C_in/groups, kH, kW)``: the shape of ``mask`` and of ``dense_weight()``."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def _fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
+    # ------------------------------------------------------------------------------------------ layout
+    def _build_layout(self, mask: torch.Tensor) -> None:
+        """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
+        layout = CSRLayout.from_mask(mask.reshape(self.out_channels, -1))
+        for name, tensor in zip(_CSR_BUFFERS, layout.tensors()):
+            self.register_buffer("_layout_" + name, tensor, persistent=False)
+
+    def _layout_tensors(self):
+        buffers = self._buffers  # read directly: nn.Module.__getattr__ is a slow fallback, once per layer call
+        return tuple(buffers["_layout_" + name] for name in _CSR_BUFFERS)
+
+    def set_mask(self, mask) -> None:
+        """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
+
+        The ``weight_values`` Parameter object stays the same (its data is resized), so rebuild optimizer
+        state after calling this.
+        """
+        mask = check_mask(mask, "mask", shape=self.weight_shape, device=self.mask.device)
+        new_values = self.dense_weight().detach()[mask]
+        self.mask = mask.clone()
+        self._build_layout(self.mask)
+        self.weight_values.data = new_values
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def nnz(self) -> int:
+        return self.weight_values.numel()
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.mask.numel()
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def resolved_backend(self, device_type: str | None = None) -> str:
+        """What ``backend`` means for this layer on ``device_type`` (default: where the weights are)."""
+        device_type = device_type or self.weight_values.device.type
+        return resolve_backend(self.backend, _LAYOUT_KIND, self.sparsity, device_type)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The ``(C_out, C_in/groups, kH, kW)`` weight with zeros at pruned positions (differentiable).
+
+        For inspection, export and the dense backend; the sparse path never calls it.
+        """
+        if self.nnz == self.mask.numel():
+            return self.weight_values.view(self.weight_shape)
+        dense = _ops.csr_to_dense(self.weight_values, self._layout_row_offsets, self._layout_col_indices,
+                                  self._fan_in)
+        return dense.view(self.weight_shape)
+
+    # ------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        # nn.Conv2d returns channels_last for a channels_last input; the op always writes NCHW.
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if self._input_pad is not None:
+            x = F.pad(x, self._input_pad)
+        if self.resolved_backend(x.device.type) == "dense":
+            y = self._dense_forward(x)
+        else:
+            y = self._sparse_forward(x)
+        if channels_last:  # a no-op where F.conv2d already returned channels_last
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y.squeeze(0) if unbatched else y
+
+    def _geometry(self):
+        return (list(self.kernel_size), list(self.stride), list(self._op_padding), list(self.dilation), self.groups)
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The named dense fallback: dense weight via csr_to_dense (whose autograd gathers the gradient back
+        to the kept values), then F.conv2d. Functional, so torch.compile traces it as it is."""
+        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self._op_padding, self.dilation,
+                        self.groups)
+
+    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ops.csr_conv2d(x, self.weight_values, *self._layout_tensors(), self.bias, *self._geometry())
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"input: expected a 4-D (N, C_in, H, W) or 3-D (C_in, H, W) tensor, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(f"input: expected in_channels={self.in_channels} channels (dim {x.dim() - 3}), got "
+                             f"shape {tuple(x.shape)}")
+        if x.dtype != self.weight_values.dtype:
+            raise TypeError(f"input: expected dtype {self.weight_values.dtype} (the layer's), got {x.dtype}")
+        if x.device != self.weight_values.device:
+            raise ValueError(f"input: expected a tensor on {self.weight_values.device}, got one on {x.device}")
+        extra = (0, 0) if self._input_pad is None else (self._input_pad[3], self._input_pad[1])
+        size = [s + e for s, e in zip(x.shape[-2:], extra)]
+        out = _ops.conv_output_size(size, self.kernel_size, self.stride, self._op_padding, self.dilation)
+        if min(out) < 1:
+            raise ValueError(f"input: spatial size {tuple(x.shape[-2:])} is too small for kernel_size="
+                             f"{self.kernel_size}, dilation={self.dilation}, padding={self.padding} (output "
+                             f"size {tuple(out)})")
+
+    # ------------------------------------------------------------------------------------ dense interop
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, mask=None, *, backend: str = "auto") -> "SparseConv2d":
+        """A SparseConv2d holding ``conv``'s weights at the kept positions of ``mask`` (and its bias).
+
+        ``mask=None`` keeps every weight (as ``SparseLinear.from_dense`` does), zeros included.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        weight = conv.weight
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                    device=weight.device, dtype=weight.dtype, mask=mask, backend=backend, _skip_init=True)
+        with torch.no_grad():
+            layer.weight_values.copy_(weight[layer.mask])
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the same function (zeros at pruned positions)."""
+        weight = self.weight_values
+        # skip_init: every value is overwritten below, so no random init (and no draw from the global RNG).
+        conv = torch.nn.utils.skip_init(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size,
+                                        stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                        groups=self.groups, bias=self.bias is not None,
+                                        padding_mode=self.padding_mode, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        mask_key, values_key, dense_key = prefix + "mask", prefix + "weight_values", prefix + "weight"
+        if mask_key in state_dict:
+            mask = check_mask(state_dict[mask_key], mask_key, shape=self.mask.shape)
+            if not torch.equal(mask.to(self.mask.device), self.mask):
+                self.mask = mask.to(self.mask.device).clone()
+                self._build_layout(self.mask)
+                self.weight_values.data = self.weight_values.data.new_empty(int(self.mask.sum()))
+        if dense_key in state_dict and values_key not in state_dict:
+            # A dense nn.Conv2d checkpoint: keep its weights at this layer's kept positions.
+            dense = state_dict.pop(dense_key)
+            if tuple(dense.shape) != tuple(self.mask.shape):
+                error_msgs.append(f"{dense_key}: expected shape {tuple(self.mask.shape)}, got {tuple(dense.shape)}")
+                return
+            state_dict[values_key] = dense.to(self.mask.device)[self.mask]
+            state_dict.setdefault(mask_key, self.mask)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}, density={self.density:.4f}, backend={self.backend!r}"
+
+
+# -------------------------------------------------------------------------------------- argument parsing
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair(value, name: str, low: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= low, as a pair (nn.Conv2d's ``_pair`` plus the range check)."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) for v in pair)):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(pair) < low:
+        raise ValueError(f"{name}: expected values >= {low}, got {value!r}")
+    return tuple(pair)
+
+
+def _padding(padding, kernel_size, stride, dilation):
+    """(padding as nn.Conv2d stores it, the op's symmetric padding, F.pad's extra input padding or None).
+
+    ``"same"`` pads ``d·(k−1)`` in total per dimension, half on each side and, when that is odd, the extra
+    pixel at the bottom/right, as torch does.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return padding, (0, 0), None
+        if padding != "same":
+            raise ValueError(f"padding: expected 'valid', 'same', an int or a pair of ints, got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"padding: 'same' is not supported for strided convolutions (stride={stride})")
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        symmetric = tuple(t // 2 for t in total)
+        extra_h, extra_w = (t % 2 for t in total)
+        return padding, symmetric, ((0, extra_w, 0, extra_h) if extra_h or extra_w else None)
+    pair = _pair(padding, "padding", 0)
+    return pair, pair, None
