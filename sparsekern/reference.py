@@ -131,7 +131,7 @@ def csr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets,
     rows, cols = _unfolded_columns(row_offsets, col_indices, n_cols, groups)
     g = grad.transpose(0, 1).reshape(grad.shape[1], -1)  # (C_out, N·L)
     du = _scatter_products(values, cols, rows, g, n_cols * groups)  # (C_in·kH·kW, N·L)
-    du = du.view(du.shape[0], n, -1).transpose(0, 1)
+    du = du.view(du.shape[0], n, grad.shape[2] * grad.shape[3]).transpose(0, 1)  # n may be 0
     return torch.nn.functional.fold(du, tuple(input_size), kernel_size, dilation=dilation, padding=padding,
                                     stride=stride)
 

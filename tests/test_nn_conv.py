@@ -240,10 +240,6 @@ def test_float32_matches_masked_conv(backend, sparsity, c_in, c_out, kernel_size
     assert_matches_masked_conv(layer, torch.randn(3, c_in, 13, 11, dtype=F64))  # rounded to float32 inside
 
 
-@pytest.mark.xfail(_extension.has_compiled_kernels("cpu"), strict=True, reason=(
-    "csrc/cpu/conv2d_weight_grad.cpp accumulates each kept weight's dot product in one vector of partial sums "
-    "(lanes = batch) sequentially over all output pixels, so its float32 error grows with OH*OW: here 3-5x "
-    "F.conv2d's, over the 3x budget (the reference, torch.sum, is within it)"))
 def test_grouped_weight_grad_accuracy():
     """A float32 grouped conv at an image size where accumulation order matters (48x48, 2304 output pixels):
     the weight gradient within DESIGN.md's 3x budget. (For groups=1 and depthwise convs F.conv2d's own error
@@ -289,9 +285,7 @@ def test_input_layouts(backend, view):
 
 @pytest.mark.parametrize("backend", [
     "dense",
-    pytest.param("sparse", marks=pytest.mark.xfail(
-        not _extension.has_compiled_kernels("cpu"), strict=True, raises=RuntimeError,
-        reason="reference.csr_conv2d_input_grad: du.view(du.shape[0], n, -1) is ambiguous for n = 0")),
+    "sparse",
 ])
 def test_empty_batch(backend):
     """Batch 0, like nn.Conv2d: an empty output, an empty input gradient, zero weight and bias gradients."""
