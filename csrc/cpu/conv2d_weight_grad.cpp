@@ -25,10 +25,10 @@ namespace sparsekern {
 namespace {
 
 // One output pixel of one channel (dy's NV vectors already loaded) against every kept weight of the
-// channel: sums[e] += Σ_v dy[v] · x[offs[e] + v].
+// channel: sums[e - first] += Σ_v dy[v] · x[offs[e] + v].
 template <typename T, int NV>
 inline void pixel_dots(const typename Simd<T>::vec* dyv, const int64_t* __restrict offs, int64_t begin,
-                       int64_t end, const T* __restrict in, typename Simd<T>::vec* __restrict sums) {
+                       int64_t end, const T* __restrict in, int64_t first, typename Simd<T>::vec* __restrict sums) {
   using S = Simd<T>;
   using V = typename S::vec;
   for (int64_t e = begin; e < end; ++e) {
@@ -39,7 +39,7 @@ inline void pixel_dots(const typename Simd<T>::vec* dyv, const int64_t* __restri
       s += dyv[2] * S::load(x + 2 * S::kLanes);
       s += t + dyv[3] * S::load(x + 3 * S::kLanes);
     }
-    sums[e] += s;
+    sums[e - first] += s;
   }
 }
 
@@ -51,10 +51,10 @@ void conv2d_weight_grad_kernel(const int32_t* offsets, const int32_t* cols, cons
   const std::vector<int64_t> offs = tap_offsets(offsets, cols, g, hp, wp, np);  // as in the forward
   parallel_over_rows(offsets, g.c_out, [&](int64_t row_begin, int64_t row_end) {
     const int64_t first = offsets[row_begin], count = offsets[row_end] - first;
+    if (count == 0) return;
     // Two-level sums: one output row's partial sums, added to the totals after the row, so the float32
     // error grows with OH + OW rather than OH · OW (one running sum over every pixel was 3-5x F.conv2d's).
     std::vector<V> sums(count, S::zero()), row_sums(count);
-    V* local = row_sums.data() - first;  // indexed by entry
     for (int64_t r = 0; r < g.oh; ++r) {
       std::fill(row_sums.begin(), row_sums.end(), S::zero());
       for (int64_t o = row_begin; o < row_end; ++o) {
@@ -67,7 +67,7 @@ void conv2d_weight_grad_kernel(const int32_t* offsets, const int32_t* cols, cons
             V dyv[NV];
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) dyv[v] = S::load(grad + lane + v * S::kLanes);
-            pixel_dots<T, NV>(dyv, offs.data(), offsets[o], offsets[o + 1], in + lane, local);
+            pixel_dots<T, NV>(dyv, offs.data(), offsets[o], offsets[o + 1], in + lane, first, row_sums.data());
           });
         }
       }
