@@ -22,14 +22,11 @@ from torch import nn
 from .. import _ops
 from ..layout import CSRLayout
 from ..validation import FLOAT_DTYPES, check_mask
-from .backend import check_backend, resolve_backend
-from .linear import _CSR_BUFFERS
-
-# The key of this layer kind in backend.CPU_MIN_SPARSITY (its "auto" crossover).
-_LAYOUT_KIND = "conv2d_csr"
+from .backend import check_backend
+from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(KeptWeightsModule):
     """``y = conv2d(x, W) + b`` with ``W`` zero outside ``mask``; the zeros are skipped in all three products.
 
     Args:
@@ -113,42 +110,14 @@ class SparseConv2d(nn.Module):
     def _build_layout(self, mask: torch.Tensor) -> None:
         """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
         layout = CSRLayout.from_mask(mask.reshape(self.out_channels, -1))
-        for name, tensor in zip(_CSR_BUFFERS, layout.tensors()):
+        for name, tensor in zip(LAYOUT_BUFFERS, layout.tensors()):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
-
-    def _layout_tensors(self):
-        buffers = self._buffers  # read directly: nn.Module.__getattr__ is a slow fallback, once per layer call
-        return tuple(buffers["_layout_" + name] for name in _CSR_BUFFERS)
-
-    def set_mask(self, mask) -> None:
-        """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
-
-        The ``weight_values`` Parameter object stays the same (its data is resized), so rebuild optimizer
-        state after calling this.
-        """
-        mask = check_mask(mask, "mask", shape=self.weight_shape, device=self.mask.device)
-        new_values = self.dense_weight().detach()[mask]
-        self.mask = mask.clone()
-        self._build_layout(self.mask)
-        self.weight_values.data = new_values
 
     # ---------------------------------------------------------------------------------------- properties
     @property
-    def nnz(self) -> int:
-        return self.weight_values.numel()
-
-    @property
-    def density(self) -> float:
-        return self.nnz / self.mask.numel()
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
-
-    def resolved_backend(self, device_type: str | None = None) -> str:
-        """What ``backend`` means for this layer on ``device_type`` (default: where the weights are)."""
-        device_type = device_type or self.weight_values.device.type
-        return resolve_backend(self.backend, _LAYOUT_KIND, self.sparsity, device_type)
+    def layout_kind(self) -> str:
+        """This layer kind's key in backend.CPU_MIN_SPARSITY (its "auto" crossover)."""
+        return "conv2d_csr"
 
     def dense_weight(self) -> torch.Tensor:
         """The ``(C_out, C_in/groups, kH, kW)`` weight with zeros at pruned positions (differentiable).
@@ -244,26 +213,6 @@ class SparseConv2d(nn.Module):
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        mask_key, values_key, dense_key = prefix + "mask", prefix + "weight_values", prefix + "weight"
-        if mask_key in state_dict:
-            mask = check_mask(state_dict[mask_key], mask_key, shape=self.mask.shape)
-            if not torch.equal(mask.to(self.mask.device), self.mask):
-                self.mask = mask.to(self.mask.device).clone()
-                self._build_layout(self.mask)
-                self.weight_values.data = self.weight_values.data.new_empty(int(self.mask.sum()))
-        if dense_key in state_dict and values_key not in state_dict:
-            # A dense nn.Conv2d checkpoint: keep its weights at this layer's kept positions.
-            dense = state_dict.pop(dense_key)
-            if tuple(dense.shape) != tuple(self.mask.shape):
-                error_msgs.append(f"{dense_key}: expected shape {tuple(self.mask.shape)}, got {tuple(dense.shape)}")
-                return
-            state_dict[values_key] = dense.to(self.mask.device)[self.mask]
-            state_dict.setdefault(mask_key, self.mask)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -21,13 +21,12 @@ from torch import nn
 from .. import _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import FLOAT_DTYPES, check_mask
-from .backend import check_backend, resolve_backend
+from .backend import check_backend
 from .dense_fallback import DenseMaskedLinear, DenseWeightCache
+from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
-_CSR_BUFFERS = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
 
-
-class SparseLinear(nn.Module):
+class SparseLinear(KeptWeightsModule):
     """``y = x Wᵀ + b`` with ``W`` zero outside ``mask``; the zeros are skipped in all three GEMMs.
 
     Args:
@@ -90,7 +89,7 @@ class SparseLinear(nn.Module):
         else:
             layout = BSRLayout.from_mask(mask, self.block_size)
             tensors, from_elements = layout.tensors(), layout.from_elements
-        for name, tensor in zip(_CSR_BUFFERS, tensors):
+        for name, tensor in zip(LAYOUT_BUFFERS, tensors):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
         # BSR: from_elements (row-major kept values -> block order) as a gather of whole runs. A mask of whole
         # blocks keeps each block's bw columns of one row next to each other in row-major order, at an offset
@@ -108,44 +107,10 @@ class SparseLinear(nn.Module):
                              persistent=False)
         self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
 
-    def _layout_tensors(self):
-        buffers = self._buffers  # read directly: nn.Module.__getattr__ is a slow fallback, once per layer call
-        return tuple(buffers["_layout_" + name] for name in _CSR_BUFFERS)
-
-    def set_mask(self, mask) -> None:
-        """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
-
-        The ``weight_values`` Parameter object stays the same (its data is resized), so rebuild optimizer
-        state after calling this.
-        """
-        mask = check_mask(mask, "mask", shape=(self.out_features, self.in_features), device=self.mask.device)
-        new_values = self.dense_weight().detach()[mask]
-        self.mask = mask.clone()
-        self._build_layout(self.mask)
-        self.weight_values.data = new_values
-
     # ---------------------------------------------------------------------------------------- properties
-    @property
-    def nnz(self) -> int:
-        return self.weight_values.numel()
-
-    @property
-    def density(self) -> float:
-        total = self.out_features * self.in_features
-        return self.nnz / total if total else 1.0
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
-
     @property
     def layout_kind(self) -> str:
         return "csr" if self.block_size is None else "bsr"
-
-    def resolved_backend(self, device_type: str | None = None) -> str:
-        """What ``backend`` means for this layer on ``device_type`` (default: where the weights are)."""
-        device_type = device_type or self.weight_values.device.type
-        return resolve_backend(self.backend, self.layout_kind, self.sparsity, device_type)
 
     def dense_weight(self) -> torch.Tensor:
         """The ``(out_features, in_features)`` weight with zeros at pruned positions (differentiable).
@@ -230,26 +195,6 @@ class SparseLinear(nn.Module):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        mask_key, values_key, dense_key = prefix + "mask", prefix + "weight_values", prefix + "weight"
-        if mask_key in state_dict:
-            mask = check_mask(state_dict[mask_key], mask_key, shape=self.mask.shape)
-            if not torch.equal(mask.to(self.mask.device), self.mask):
-                self.mask = mask.to(self.mask.device).clone()
-                self._build_layout(self.mask)
-                self.weight_values.data = self.weight_values.data.new_empty(int(self.mask.sum()))
-        if dense_key in state_dict and values_key not in state_dict:
-            # A dense nn.Linear checkpoint: keep its weights at this layer's kept positions.
-            dense = state_dict.pop(dense_key)
-            if tuple(dense.shape) != tuple(self.mask.shape):
-                error_msgs.append(f"{dense_key}: expected shape {tuple(self.mask.shape)}, got {tuple(dense.shape)}")
-                return
-            state_dict[values_key] = dense.to(self.mask.device)[self.mask]
-            state_dict.setdefault(mask_key, self.mask)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         block = "" if self.block_size is None else f", block_size={self.block_size}"
