@@ -184,3 +184,18 @@ def blocks_to_dense(blocks: torch.Tensor, layout: BSRLayout) -> torch.Tensor:
     rows, cols = _block_coords(layout)
     grid[rows, cols] = blocks
     return grid.permute(0, 2, 1, 3).reshape(nbr * bh, nbc * bw)
+
+
+def train_beside_twin(model, opt, twin, opt_twin, x, y, steps: int) -> list[float]:
+    """``steps`` steps of MSE regression of x onto y for a model and its masked-dense twin, interleaved step by
+    step (each with its own optimizer); returns the model's loss before each step."""
+    losses = []
+    for _ in range(steps):
+        for m, o in ((model, opt), (twin, opt_twin)):
+            o.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            loss.backward()
+            o.step()
+            if m is model:
+                losses.append(loss.item())
+    return losses

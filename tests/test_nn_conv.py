@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from helpers import _eps, assert_error_budget, exact_mm, max_err
+from helpers import _eps, assert_error_budget, exact_mm, max_err, train_beside_twin
 from sparsekern import SparseConv2d, _extension, _ops, sparsify
 from sparsekern.layout import CSRLayout
 from sparsekern.nn.backend import CPU_CONV_MIN_SPARSITY
@@ -492,15 +492,7 @@ def test_training_keeps_pruned_weights_zero(backend, optim):
         y = _small_cnn("dense")(x)
     opt, opt_twin = OPTIMIZERS[optim](model.parameters()), OPTIMIZERS[optim](twin.parameters())
 
-    losses = []
-    for _ in range(100):
-        for m, o in ((model, opt), (twin, opt_twin)):
-            o.zero_grad()
-            loss = F.mse_loss(m(x), y)
-            loss.backward()
-            o.step()
-            if m is model:
-                losses.append(loss.item())
+    losses = train_beside_twin(model, opt, twin, opt_twin, x, y, steps=100)
 
     assert losses[-1] < 0.75 * losses[0], "training made no progress: the test would prove nothing"
     sparse_layers = [m for m in model if isinstance(m, SparseConv2d)]

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from helpers import assert_error_budget, block_mask, exact_mask, mask_with_pruned_lines, oracle_mm
+from helpers import (assert_error_budget, block_mask, exact_mask, mask_with_pruned_lines, oracle_mm,
+                     train_beside_twin)
 from sparsekern import BSRLayout, CSRLayout, SparseLinear, _extension
 from sparsekern.nn.backend import CPU_MIN_SPARSITY
 
@@ -284,15 +285,7 @@ def test_training_keeps_pruned_weights_zero(layout, backend, optim):
     y = torch.tanh(x @ torch.randn(12, 4, dtype=F64) / 3)
     opt, opt_twin = OPTIMIZERS[optim](model.parameters()), OPTIMIZERS[optim](twin.parameters())
 
-    losses = []
-    for _ in range(100):
-        for m, o in ((model, opt), (twin, opt_twin)):
-            o.zero_grad()
-            loss = F.mse_loss(m(x), y)
-            loss.backward()
-            o.step()
-            if m is model:
-                losses.append(loss.item())
+    losses = train_beside_twin(model, opt, twin, opt_twin, x, y, steps=100)
 
     assert losses[-1] < 0.75 * losses[0], "training made no progress: the test would prove nothing"
     sparse_layers = [m for m in model if isinstance(m, SparseLinear)]
