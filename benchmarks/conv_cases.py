@@ -11,6 +11,7 @@ Before timing, each candidate's ``y``, ``dx``, ``dW`` (at the kept positions) an
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -27,17 +28,25 @@ DENSE = "dense"
 DENSE_COMPILED = "dense_compiled"
 SK_CSR = "sk_csr"
 SK_CSR_AUTO = "sk_csr_auto"
+# The same sparse layer with one of its two CPU algorithms forced (csrc/cpu/conv_plane.h): to measure the
+# shape rule that picks between them. Not in the default set.
+SK_CSR_BATCH = "sk_csr_batch"
+SK_CSR_PLANE = "sk_csr_plane"
+FORCED_ALGORITHMS = {SK_CSR_BATCH: "batch", SK_CSR_PLANE: "plane"}
 SPARSEPROP = "sparseprop"
 SPARSEPROP_ON = "sparseprop_on"
 # SparseProp ships two conv kernels (vectorised over the batch, or over the output columns) and picks by
 # timing both (its sparsify_conv2d_auto); the comparison uses whichever is faster in each phase.
 SPARSEPROP_NAMES = (SPARSEPROP, SPARSEPROP_ON)
 DEFAULT_CANDIDATES = [DENSE, SK_CSR, SK_CSR_AUTO, SPARSEPROP, SPARSEPROP_ON]
-ALL_CANDIDATES = DEFAULT_CANDIDATES + [DENSE_COMPILED]
+ALL_CANDIDATES = DEFAULT_CANDIDATES + [DENSE_COMPILED, SK_CSR_BATCH, SK_CSR_PLANE]
 
 DESCRIPTIONS = {
     DENSE: "nn.Conv2d, eager (oneDNN convolution), all weights",
     DENSE_COMPILED: "torch.compile(nn.Conv2d), all weights",
+    SK_CSR_BATCH: "sk_csr with the kernels vectorised over the batch forced (SPARSEKERN_CONV_ALGORITHM=batch)",
+    SK_CSR_PLANE: "sk_csr with the kernels vectorised over the output plane forced "
+                  "(SPARSEKERN_CONV_ALGORITHM=plane)",
     SK_CSR: "sparsekern.SparseConv2d.from_dense(conv, mask, backend='sparse'): the CSR conv kernels",
     SK_CSR_AUTO: "sparsekern.SparseConv2d.from_dense(conv, mask, backend='auto') (the `backend` column says "
                  "what auto chose)",
@@ -215,7 +224,18 @@ def _sparsekern_candidate(name, dense: nn.Conv2d, mask, backend) -> Candidate:
     layer = sparsekern.SparseConv2d.from_dense(dense, mask, backend=backend)
     resolved = layer.resolved_backend("cpu")
     notes = [] if backend == "sparse" else [f"auto→{resolved}"]
-    return Candidate(name, "csr", layer, [layer.weight_values, layer.bias], mask,
+    algorithm = FORCED_ALGORITHMS.get(name)
+
+    def forward(x):
+        # Every sparsekern candidate sets the kernels' algorithm choice before its step (the backward of the
+        # step runs under it too), so a forced one never leaks into the next candidate's step.
+        if algorithm is None:
+            os.environ.pop("SPARSEKERN_CONV_ALGORITHM", None)
+        else:
+            os.environ["SPARSEKERN_CONV_ALGORITHM"] = algorithm
+        return layer(x)
+
+    return Candidate(name, "csr", forward, [layer.weight_values, layer.bias], mask,
                      lambda: layer.weight_values.grad, layer.bias, resolved, layer.nnz, notes)
 
 
@@ -293,7 +313,7 @@ def build_candidates(shape: ConvShape, sparsity: float, names: list[str], layout
         try:
             if name in (DENSE, DENSE_COMPILED):
                 candidates.append(_dense_candidate(dense, compiled=name == DENSE_COMPILED))
-            elif name in (SK_CSR, SK_CSR_AUTO):
+            elif name in (SK_CSR, SK_CSR_AUTO, SK_CSR_BATCH, SK_CSR_PLANE):
                 candidates.append(_sparsekern_candidate(name, dense, mask, "auto" if name == SK_CSR_AUTO else "sparse"))
             elif name in SPARSEPROP_NAMES:
                 candidates.append(_sparseprop_candidate(name, dense, mask))

@@ -30,6 +30,19 @@ BACKENDS = ["sparse", "dense"]
 # The baseline F.conv2d(padding="same") warns that an even kernel needs a padded copy of the input: expected.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 
+# The compiled conv kernels come in two algorithms (csrc/cpu/conv_plane.h): vectorised over the batch or over
+# each sample's output plane, chosen by shape. Every test here runs under each one, forced through
+# SPARSEKERN_CONV_ALGORITHM, so the small shapes of this file also cover the kernels that serve large maps.
+# Without the extension (the reference ops) there is nothing to force.
+CONV_ALGORITHMS = ["batch", "plane"] if _extension.AVAILABLE else ["reference"]
+
+
+@pytest.fixture(autouse=True, params=CONV_ALGORITHMS)
+def conv_algorithm(request, monkeypatch):
+    if request.param != "reference":
+        monkeypatch.setenv("SPARSEKERN_CONV_ALGORITHM", request.param)
+    return request.param
+
 
 # ------------------------------------------------------------------------------------------------ masks
 

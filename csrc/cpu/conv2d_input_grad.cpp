@@ -21,6 +21,7 @@
 
 #include "../checks.h"
 #include "conv_geometry.h"
+#include "conv_plane.h"
 #include "kernels.h"
 
 namespace sparsekern {
@@ -132,6 +133,14 @@ at::Tensor csr_conv2d_input_grad_cpu(const at::Tensor& grad, const at::Tensor& v
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "csr_conv2d_input_grad_cpu", [&] {
     if (g.n == 0 || g.c_in == 0) {
       dx = at::zeros({g.n, g.c_in, g.h, g.w}, grad.options());
+      return;
+    }
+    if (conv_algorithm<scalar_t>(g) == ConvAlgorithm::kPlane) {
+      const at::Tensor dy = grad.contiguous(), v = values.contiguous();
+      dx = at::empty({g.n, g.c_in, g.h, g.w}, grad.options());
+      plane_conv2d_input_grad<scalar_t>(v.data_ptr<scalar_t>(), t_row_offsets.data_ptr<int32_t>(),
+                                        t_col_indices.data_ptr<int32_t>(), t_perm.data_ptr<int64_t>(), g,
+                                        dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>());
       return;
     }
     const int64_t np = batch_lanes<scalar_t>(g.n);

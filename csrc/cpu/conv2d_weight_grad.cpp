@@ -18,6 +18,7 @@
 
 #include "../checks.h"
 #include "conv_geometry.h"
+#include "conv_plane.h"
 #include "kernels.h"
 #include "partition.h"
 
@@ -101,6 +102,12 @@ at::Tensor csr_conv2d_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_weight_grad_cpu", [&] {
     if (g.n == 0) {
       out.zero_();
+      return;
+    }
+    if (conv_algorithm<scalar_t>(g) == ConvAlgorithm::kPlane) {
+      const at::Tensor xc = x.contiguous(), dy = grad.contiguous();
+      plane_conv2d_weight_grad<scalar_t>(row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), g,
+                                         dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
       return;
     }
     const int64_t np = batch_lanes<scalar_t>(g.n);
