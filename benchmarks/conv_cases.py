@@ -220,9 +220,9 @@ def parse_shapes(spec: str, batch: int = 64) -> list[ConvShape]:
 
 
 # -------------------------------------------------------------------------------------- candidates
-def _sparsekern_candidate(name, dense: nn.Conv2d, mask, backend) -> Candidate:
+def _sparsekern_candidate(name, dense: nn.Conv2d, mask, backend, input_size) -> Candidate:
     layer = sparsekern.SparseConv2d.from_dense(dense, mask, backend=backend)
-    resolved = layer.resolved_backend("cpu")
+    resolved = layer.resolved_backend("cpu", input_size)
     notes = [] if backend == "sparse" else [f"auto→{resolved}"]
     algorithm = FORCED_ALGORITHMS.get(name)
 
@@ -314,7 +314,8 @@ def build_candidates(shape: ConvShape, sparsity: float, names: list[str], layout
             if name in (DENSE, DENSE_COMPILED):
                 candidates.append(_dense_candidate(dense, compiled=name == DENSE_COMPILED))
             elif name in (SK_CSR, SK_CSR_AUTO, SK_CSR_BATCH, SK_CSR_PLANE):
-                candidates.append(_sparsekern_candidate(name, dense, mask, "auto" if name == SK_CSR_AUTO else "sparse"))
+                candidates.append(_sparsekern_candidate(name, dense, mask, "auto" if name == SK_CSR_AUTO else "sparse",
+                                                        (shape.height, shape.width)))
             elif name in SPARSEPROP_NAMES:
                 candidates.append(_sparseprop_candidate(name, dense, mask))
             else:

@@ -22,7 +22,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import _eps, assert_error_budget, exact_mm, max_err, train_beside_twin
 from sparsekern import SparseConv2d, _extension, _ops, sparsify
 from sparsekern.layout import CSRLayout
-from sparsekern.nn.backend import CPU_CONV_MIN_SPARSITY
+from sparsekern.nn.backend import conv_min_sparsity
 
 F32, F64 = torch.float32, torch.float64
 BACKENDS = ["sparse", "dense"]
@@ -259,6 +259,39 @@ def test_grouped_weight_grad_accuracy():
     is larger, so the budget is looser there.)"""
     layer = make_layer(16, 16, 3, 0.5, "sparse", F32, padding=1, groups=4)
     assert_matches_masked_conv(layer, torch.randn(4, 16, 48, 48, dtype=F64))
+
+
+def test_many_kept_weights_match_dense_conv():
+    """147,456 kept weights: past the size (2 MB of vectors) up to which the plane weight gradient keeps
+    per-thread vector totals, so its scalar-totals path runs too. Against F.conv2d in float64 (the exact
+    oracle of assert_matches_masked_conv takes minutes at this size)."""
+    layer = make_layer(128, 128, 3, 0.0, "sparse", padding=1)
+    x = torch.randn(3, 128, 8, 8, dtype=F64, requires_grad=True)
+    w = scattered_weight(layer).requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    grad = torch.randn(3, 128, 8, 8, dtype=F64)
+    y = layer(x)
+    y.backward(grad)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = F.conv2d(x_ref, w, b, padding=1)
+    y_ref.backward(grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(layer.weight_values.grad, w.grad[layer.mask], rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_match_masked_conv(threads):
+    """Two samples on one thread (whole samples per thread) and on three (fewer samples than threads: the
+    plane kernels then split each sample's channels)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        layer = make_layer(6, 10, 3, 0.5, "sparse", stride=2, padding=1, groups=2)
+        assert_matches_masked_conv(layer, torch.randn(2, 6, 17, 12, dtype=F64))
+    finally:
+        torch.set_num_threads(previous)
 
 
 INPUT_VIEWS = {
@@ -732,16 +765,37 @@ def test_properties_and_repr():
 
 
 def test_resolved_backend():
+    compiled = _extension.has_compiled_kernels("cpu")
+    before = conv_min_sparsity((3, 3), 1, 5, 16)  # no input seen yet: the threshold of a 4x4 output map
     low = make_layer(5, 8, 3, 0.5, "auto")
     high = make_layer(5, 8, 3, 0.9, "auto")
-    at = make_layer(5, 8, 3, CPU_CONV_MIN_SPARSITY, "auto")
-    assert low.sparsity < CPU_CONV_MIN_SPARSITY <= high.sparsity
+    at = make_layer(5, 8, 3, before, "auto")
+    assert low.sparsity < before <= high.sparsity
+    assert low.min_sparsity() == before
     assert low.resolved_backend() == "dense"
     for layer in (high, at):
-        assert layer.resolved_backend() == ("sparse" if _extension.has_compiled_kernels("cpu") else "dense")
+        assert layer.resolved_backend() == ("sparse" if compiled else "dense")
     for backend in BACKENDS:
         assert make_layer(5, 8, 3, 0.5, backend).resolved_backend() == backend
     assert_matches_masked_conv(high, torch.randn(2, 5, 8, 9, dtype=F64))
+
+
+def test_auto_crossover_follows_the_input_size():
+    """The crossover falls with the output map: at 50% sparsity a 3x3 conv runs dense on a 4x4 map and sparse
+    on a 32x32 one; the last input seen decides when no size is given, and a "same"-padded layer counts the
+    pixel it pads itself."""
+    compiled = _extension.has_compiled_kernels("cpu")
+    layer = make_layer(5, 8, 3, 0.5, "auto", padding=1)
+    assert layer.resolved_backend(input_size=(4, 4)) == "dense"
+    assert layer.resolved_backend(input_size=(32, 32)) == ("sparse" if compiled else "dense")
+    layer(torch.randn(1, 5, 32, 32, dtype=F64))
+    assert layer.min_sparsity() == conv_min_sparsity((3, 3), 1, 5, 32 * 32)
+    assert layer.resolved_backend() == ("sparse" if compiled else "dense")
+    same = make_layer(5, 8, (4, 3), 0.5, "auto", padding="same")
+    assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), 1, 5, 31 * 32)
+    depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8)
+    assert depthwise.resolved_backend(input_size=(8, 8)) == "dense"  # sparse depthwise pays on large maps only
+    assert depthwise.resolved_backend(input_size=(16, 16)) == ("sparse" if compiled else "dense")
 
 
 # ------------------------------------------------------------------------------------------- bad input

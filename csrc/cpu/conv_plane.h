@@ -106,10 +106,12 @@ PlaneGeometry plane_geometry(const ConvGeometry& g) {
   return p;
 }
 
-// Which algorithm serves a call. SPARSEKERN_CONV_ALGORITHM=batch|plane forces one (tests, benchmarks);
-// otherwise the plane kernels take maps of at least 8x8 output pixels and the batch kernels the smaller
-// ones, where the plane's discarded columns and partial vectors waste a third of the lanes or more (4x4:
-// 16 useful of 24 computed). Measured on ResNet-18's layers: benchmarks/results/conv_cpu_latest.md.
+// Which algorithm serves a call. SPARSEKERN_CONV_ALGORITHM=batch|plane forces one (tests, benchmarks).
+// Otherwise the plane kernels take maps of at least 8x8 output pixels, and smaller ones where at most a fifth
+// of the computed positions are discarded (a 1x1 convolution without padding: none). The batch kernels take
+// the rest, e.g. a padded 3x3 on a 4x4 map, where the plane computes 24 positions for 16 pixels. Measured
+// on the CIFAR ResNet-18 / VGG16 / MobileNetV2 layers with the sk_csr_batch / sk_csr_plane candidates of
+// `python -m benchmarks.run --suite conv` (README: "How the kernels work").
 enum class ConvAlgorithm { kBatch, kPlane };
 
 template <typename T>
@@ -117,7 +119,11 @@ ConvAlgorithm conv_algorithm(const ConvGeometry& g) {
   const char* forced = std::getenv("SPARSEKERN_CONV_ALGORITHM");
   if (forced != nullptr && std::strcmp(forced, "batch") == 0) return ConvAlgorithm::kBatch;
   if (forced != nullptr && std::strcmp(forced, "plane") == 0) return ConvAlgorithm::kPlane;
-  return g.oh * g.ow >= 64 ? ConvAlgorithm::kPlane : ConvAlgorithm::kBatch;
+  const int64_t pixels = g.oh * g.ow;
+  if (pixels >= 64) return ConvAlgorithm::kPlane;
+  const int64_t pitch = (g.w + 2 * g.pw + g.sw - 1) / g.sw;
+  const int64_t span = round_up((g.oh - 1) * pitch + g.ow, Simd<T>::kLanes);
+  return 5 * pixels >= 4 * span ? ConvAlgorithm::kPlane : ConvAlgorithm::kBatch;
 }
 
 // Copies sample x_n (C, H, W, contiguous) channels [c0, c1) into their stored phase planes (zero frame,
@@ -220,41 +226,49 @@ inline void for_each_plane_chunk(int64_t span, const Body& body) {
 
 // out[0, NV vectors) = init + Σ_{e in [begin, end)} values[e] · base[offs[e] + (0, NV vectors)]: the inner
 // loop of the forward and of the input gradient. Narrow chunks take consecutive entries into K separate
-// accumulator sets (added at the end), so at least 4-8 independent FMA chains cover the FMA latency.
+// accumulator sets, so at least 4-8 independent FMA chains cover the FMA latency. Entries are summed in
+// blocks of 32, each block's sum added to out: the rounding error grows with 32 + entries/32, not with the
+// entry count (a 128-channel 3x3 input gradient sums 1,152 products per pixel).
 template <typename T, int NV>
 inline void accumulate_chunk(const T* __restrict values, const int64_t* __restrict offs, int64_t begin,
                              int64_t end, const T* __restrict base, T init, T* __restrict out) {
   using S = Simd<T>;
   using V = typename S::vec;
   constexpr int K = NV >= 5 ? 1 : NV >= 3 ? 2 : 4;
-  V acc[K][NV];
+  constexpr int64_t kBlock = 32;
 #pragma GCC unroll 8
-  for (int k = 0; k < K; ++k) {
+  for (int v = 0; v < NV; ++v) S::store(out + v * S::kLanes, S::broadcast(init));
+  for (int64_t block = begin; block < end; block += kBlock) {
+    const int64_t block_end = std::min(end, block + kBlock);
+    V acc[K][NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[k][v] = S::zero();
-  }
-  int64_t e = begin;
-  for (; e + K <= end; e += K) {
-#pragma GCC unroll 4
     for (int k = 0; k < K; ++k) {
-      const V w = S::broadcast(values[e + k]);
-      const T* x = base + offs[e + k];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[k][v] += w * S::load(x + v * S::kLanes);
+      for (int v = 0; v < NV; ++v) acc[k][v] = S::zero();
     }
-  }
-  for (; e < end; ++e) {
-    const V w = S::broadcast(values[e]);
-    const T* x = base + offs[e];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[0][v] += w * S::load(x + v * S::kLanes);
-  }
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    V sum = acc[0][v] + S::broadcast(init);
+    int64_t e = block;
+    for (; e + K <= block_end; e += K) {
 #pragma GCC unroll 4
-    for (int k = 1; k < K; ++k) sum += acc[k][v];
-    S::store(out + v * S::kLanes, sum);
+      for (int k = 0; k < K; ++k) {
+        const V w = S::broadcast(values[e + k]);
+        const T* x = base + offs[e + k];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[k][v] += w * S::load(x + v * S::kLanes);
+      }
+    }
+    for (; e < block_end; ++e) {
+      const V w = S::broadcast(values[e]);
+      const T* x = base + offs[e];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[0][v] += w * S::load(x + v * S::kLanes);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      V sum = acc[0][v];
+#pragma GCC unroll 4
+      for (int k = 1; k < K; ++k) sum += acc[k][v];
+      S::store(out + v * S::kLanes, S::load(out + v * S::kLanes) + sum);
+    }
   }
 }
 

@@ -22,7 +22,8 @@ from torch import nn
 from .. import _ops
 from ..layout import CSRLayout
 from ..validation import FLOAT_DTYPES, check_mask
-from .backend import check_backend
+from .backend import check_backend, conv_min_sparsity, resolve_backend
+from .dense_fallback import DenseMaskedConv2d, DenseWeightCache
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
@@ -35,7 +36,8 @@ class SparseConv2d(KeptWeightsModule):
         padding_mode: only ``"zeros"`` is supported.
         mask: bool (or 0/1) tensor of the weight's shape ``(out_channels, in_channels // groups, kH, kW)``;
             ``True`` keeps a weight. ``None`` keeps every weight.
-        backend: ``"auto"`` (sparse kernels at and above the crossover sparsity, dense below; see backend.py),
+        backend: ``"auto"`` (sparse kernels at and above the crossover sparsity for the layer's shape and input
+            size, dense below; ``min_sparsity()``, backend.conv_min_sparsity),
             ``"sparse"`` (``sparsekern::csr_conv2d``) or ``"dense"`` (the named dense fallback: the kept values
             expanded into a dense weight by ``csr_to_dense``, then ``F.conv2d``).
 
@@ -72,6 +74,7 @@ class SparseConv2d(KeptWeightsModule):
         self.padding, self._op_padding, self._input_pad = _padding(padding, self.kernel_size, self.stride,
                                                                    self.dilation)
         self.backend = check_backend(backend)
+        self._last_input_size = None  # (H, W) of the last input: "auto"'s crossover depends on the map size
 
         shape = self.weight_shape
         device = torch.device(device) if device is not None else torch.get_default_device()
@@ -112,12 +115,34 @@ class SparseConv2d(KeptWeightsModule):
         layout = CSRLayout.from_mask(mask.reshape(self.out_channels, -1))
         for name, tensor in zip(LAYOUT_BUFFERS, layout.tensors()):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
+        self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
 
     # ---------------------------------------------------------------------------------------- properties
     @property
     def layout_kind(self) -> str:
-        """This layer kind's key in backend.CPU_MIN_SPARSITY (its "auto" crossover)."""
+        """"conv2d_csr": the CSR conv kernels (its "auto" crossover is backend.conv_min_sparsity)."""
         return "conv2d_csr"
+
+    def min_sparsity(self, input_size=None) -> float:
+        """The sparsity from which ``backend="auto"`` runs the sparse kernels on CPU, for inputs of spatial size
+        ``input_size`` (H, W); default: the last input this layer saw, or a 4x4 output map before any (the
+        most conservative threshold)."""
+        size = input_size if input_size is not None else self._last_input_size
+        if size is None:
+            pixels = 16
+        else:
+            extra = (0, 0) if self._input_pad is None else (self._input_pad[3], self._input_pad[1])
+            oh, ow = _ops.conv_output_size([s + e for s, e in zip(size, extra)], self.kernel_size, self.stride,
+                                           self._op_padding, self.dilation)
+            pixels = oh * ow
+        return conv_min_sparsity(self.kernel_size, self.groups, self.in_channels, pixels)
+
+    def resolved_backend(self, device_type: str | None = None, input_size=None) -> str:
+        """What ``backend`` means for this layer on ``device_type`` (default: where the weights are) and inputs
+        of spatial size ``input_size`` (default: the last input seen)."""
+        device_type = device_type or self.weight_values.device.type
+        return resolve_backend(self.backend, self.layout_kind, self.sparsity, device_type,
+                               self.min_sparsity(input_size))
 
     def dense_weight(self) -> torch.Tensor:
         """The ``(C_out, C_in/groups, kH, kW)`` weight with zeros at pruned positions (differentiable).
@@ -133,6 +158,7 @@ class SparseConv2d(KeptWeightsModule):
     # ------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        self._last_input_size = tuple(x.shape[-2:])  # before the module's own "same" padding
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
@@ -152,10 +178,17 @@ class SparseConv2d(KeptWeightsModule):
         return (list(self.kernel_size), list(self.stride), list(self._op_padding), list(self.dilation), self.groups)
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The named dense fallback: dense weight via csr_to_dense (whose autograd gathers the gradient back
-        to the kept values), then F.conv2d. Functional, so torch.compile traces it as it is."""
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self._op_padding, self.dilation,
-                        self.groups)
+        """The named dense fallback (dense_fallback.py): the kept values expanded into a reused dense weight,
+        F.conv2d, and ATen's convolution backward whose weight gradient is gathered back at the kept positions.
+        Under torch.compile (and with every weight kept) the functional csr_to_dense + F.conv2d instead."""
+        if self.nnz == self.mask.numel() or torch.compiler.is_compiling():
+            return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self._op_padding, self.dilation,
+                            self.groups)
+        mask2d = self.mask.view(self.out_channels, -1)
+        weight = self._dense_cache.weight(self.weight_values, self._layout_row_offsets, mask2d)
+        return DenseMaskedConv2d.apply(x, self.weight_values, self.bias, weight.view(self.weight_shape),
+                                       self._layout_row_offsets, self._layout_col_indices, mask2d,
+                                       (self.stride, self._op_padding, self.dilation, self.groups))
 
     def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ops.csr_conv2d(x, self.weight_values, *self._layout_tensors(), self.bias, *self._geometry())

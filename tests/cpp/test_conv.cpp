@@ -1,9 +1,13 @@
 // The sparse Conv2d kernels (csrc/cpu/conv2d_*.cpp) against ATen's dense convolution in double, over
 // strides, paddings, dilations, groups (depthwise included), batch sizes around the vector widths, the
-// sweep's masks (dense, 50%, 90%, empty, holes) and 1/2/3 threads. In the sanitizer build this checks
-// every access of the padded batch-innermost layout and of the tap bounds in the input gradient.
+// sweep's masks (dense, 50%, 90%, empty, holes), 1/2/3 threads and both algorithms (vectorised over the
+// batch or over the output plane, forced with SPARSEKERN_CONV_ALGORITHM). In the sanitizer build this checks
+// every access of the padded batch-innermost layout, of the tap bounds in the input gradient, and of the
+// plane kernels' stride phases and frames.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <cstdlib>
 
 #include "../../csrc/cpu/kernels.h"
 #include "harness.h"
@@ -23,6 +27,7 @@ const std::vector<ConvCase>& conv_cases() {
       {6, 6, 7, 7, 3, 3, 2, 2, 1, 1, 2, 2, 6},    // depthwise, strided and dilated
       {3, 8, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1},    // pointwise
       {4, 4, 4, 6, 3, 3, 3, 2, 3, 1, 1, 1, 1},    // padding as large as the kernel, stride 3
+      {3, 5, 17, 19, 5, 4, 2, 3, 2, 1, 2, 1, 1},  // larger map, six stride phases, dilated rows
   };
   return cases;
 }
@@ -67,9 +72,12 @@ SKT_TEST(conv_matches_dense_convolution) {
           const at::Tensor grad = skt::random_data(y.sizes().vec(), dtype, rng, false).tensor;
           y.backward(grad.to(at::kDouble));
           const at::Tensor ref_dw = wd.grad().reshape({cc.c_out, cols}).masked_select(keep);
+          for (const char* algorithm : {"batch", "plane"})
           for (int threads : skt::thread_counts()) {
+            setenv("SPARSEKERN_CONV_ALGORITHM", algorithm, 1);  // csrc/cpu/conv_plane.h: both kernel families
             at::set_num_threads(threads);
             skt::count_case();
+            skt::Context algorithm_ctx(c10::str("algorithm=", algorithm, " threads=", threads));
             const at::Tensor got_y = sparsekern::csr_conv2d_cpu(
                 x, values, l.row_offsets, l.col_indices, l.t_row_offsets, l.t_col_indices, l.t_perm, l.t_perm_inv,
                 bias, {cc.kh, cc.kw}, {cc.sh, cc.sw}, {cc.ph, cc.pw}, {cc.dh, cc.dw}, cc.groups);
@@ -88,5 +96,6 @@ SKT_TEST(conv_matches_dense_convolution) {
       }
     }
   }
+  unsetenv("SPARSEKERN_CONV_ALGORITHM");
   at::set_num_threads(previous);
 }
