@@ -44,27 +44,12 @@ void plane_conv2d_forward(const T* values, const int32_t* offsets, const int32_t
   const PlaneGeometry p = plane_geometry<T>(g);
   const std::vector<int64_t> offs = plane_read_offsets(offsets, cols, g, p);
   const int64_t sample_in = g.c_in * g.h * g.w, sample_out = g.c_out * g.oh * g.ow;
-  const int64_t planes_size = g.c_in * p.phases * p.plane;
-  const PlaneSchedule s = plane_schedule(g.n);
-  if (s.parts > 0) {
-    at::parallel_for(0, s.parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      T* planes = scratch_buffer<T, ForwardPlanesTag>(planes_size);
-      for (int64_t n = s.bounds[part_begin]; n < s.bounds[part_end]; ++n) {
-        fill_input_planes(x + n * sample_in, g, p, 0, g.c_in, planes);
-        forward_channels(values, offsets, offs.data(), g, p, planes, bias, 0, g.c_out, y + n * sample_out);
-      }
-    });
-    return;
-  }
-  std::vector<T> planes(planes_size);
-  for (int64_t n = 0; n < g.n; ++n) {
-    at::parallel_for(0, g.c_in, 1, [&](int64_t c0, int64_t c1) {
-      fill_input_planes(x + n * sample_in, g, p, c0, c1, planes.data());
-    });
-    at::parallel_for(0, g.c_out, 1, [&](int64_t o0, int64_t o1) {
-      forward_channels(values, offsets, offs.data(), g, p, planes.data(), bias, o0, o1, y + n * sample_out);
-    });
-  }
+  for_each_sample<T, ForwardPlanesTag>(
+      plane_schedule(g.n), g.n, g.c_in * p.phases * p.plane, g.c_in, g.c_out,
+      [&](int64_t n, int64_t c0, int64_t c1, T* planes) { fill_input_planes(x + n * sample_in, g, p, c0, c1, planes); },
+      [&](int64_t n, int64_t o0, int64_t o1, const T* planes, int64_t) {
+        forward_channels(values, offsets, offs.data(), g, p, planes, bias, o0, o1, y + n * sample_out);
+      });
 }
 
 template void plane_conv2d_forward<float>(const float*, const int32_t*, const int32_t*, const ConvGeometry&,

@@ -138,27 +138,12 @@ void plane_conv2d_input_grad(const T* values, const int32_t* t_offsets, const in
   const PlaneGeometry p = plane_geometry<T>(g);
   const GatherLists<T> lists = gather_lists(values, t_offsets, t_rows, t_perm, g, p);
   const int64_t sample_in = g.c_in * g.h * g.w, sample_out = g.c_out * g.oh * g.ow;
-  const int64_t planes_size = g.c_out * p.grad_plane;
-  const PlaneSchedule s = plane_schedule(g.n);
-  if (s.parts > 0) {
-    at::parallel_for(0, s.parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      T* planes = scratch_buffer<T, GradPlanesTag>(planes_size);
-      for (int64_t n = s.bounds[part_begin]; n < s.bounds[part_end]; ++n) {
-        fill_grad_planes(dy + n * sample_out, g, p, 0, g.c_out, planes);
-        input_grad_channels(lists, g, p, planes, 0, g.c_in, dx + n * sample_in);
-      }
-    });
-    return;
-  }
-  std::vector<T> planes(planes_size);
-  for (int64_t n = 0; n < g.n; ++n) {
-    at::parallel_for(0, g.c_out, 1, [&](int64_t o0, int64_t o1) {
-      fill_grad_planes(dy + n * sample_out, g, p, o0, o1, planes.data());
-    });
-    at::parallel_for(0, g.c_in, 1, [&](int64_t c0, int64_t c1) {
-      input_grad_channels(lists, g, p, planes.data(), c0, c1, dx + n * sample_in);
-    });
-  }
+  for_each_sample<T, GradPlanesTag>(
+      plane_schedule(g.n), g.n, g.c_out * p.grad_plane, g.c_out, g.c_in,
+      [&](int64_t n, int64_t o0, int64_t o1, T* planes) { fill_grad_planes(dy + n * sample_out, g, p, o0, o1, planes); },
+      [&](int64_t n, int64_t c0, int64_t c1, const T* planes, int64_t) {
+        input_grad_channels(lists, g, p, planes, c0, c1, dx + n * sample_in);
+      });
 }
 
 template void plane_conv2d_input_grad<float>(const float*, const int32_t*, const int32_t*, const int64_t*,

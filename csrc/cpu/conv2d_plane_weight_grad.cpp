@@ -86,43 +86,28 @@ void plane_conv2d_weight_grad(const int32_t* offsets, const int32_t* cols, const
   const int64_t nnz = offsets[g.c_out];
   const std::vector<int64_t> offs = plane_read_offsets(offsets, cols, g, p);
   const int64_t sample_in = g.c_in * g.h * g.w, sample_out = g.c_out * g.oh * g.ow;
-  const int64_t planes_size = g.c_in * p.phases * p.plane;
   const PlaneSchedule s = plane_schedule(g.n);
+  // Whole samples per thread: each part's totals, added in part order at the end (so the result does not
+  // depend on scheduling); vectors while they stay small (one horizontal sum per kept weight per part, not
+  // per sample: on an 8x8 map those sums cost as much as the dot products), else scalars. Channels split
+  // across threads: each thread's kept weights are its own, summed straight into out.
+  using V = typename Simd<T>::vec;
+  const int64_t parts = s.parts;
+  const bool vector_totals = parts > 0 && nnz * static_cast<int64_t>(sizeof(V)) <= (int64_t{2} << 20);
+  std::vector<T> part_totals(parts > 0 && !vector_totals ? parts * nnz : 0, T(0));
+  std::vector<V> part_totals_v(vector_totals ? parts * nnz : 0, Simd<T>::zero());
   std::fill(out, out + nnz, T(0));
-  if (s.parts > 0) {
-    // Each part's totals: vectors while they stay small (one horizontal sum per kept weight per part, not
-    // per sample: on an 8x8 map those sums cost as much as the dot products), else scalars.
-    using V = typename Simd<T>::vec;
-    const bool vector_totals = nnz * static_cast<int64_t>(sizeof(V)) <= (int64_t{2} << 20);
-    std::vector<T> part_totals(vector_totals ? 0 : s.parts * nnz, T(0));
-    std::vector<V> part_totals_v(vector_totals ? s.parts * nnz : 0, Simd<T>::zero());
-    at::parallel_for(0, s.parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      T* planes = scratch_buffer<T, WeightGradPlanesTag>(planes_size);
-      for (int64_t part = part_begin; part < part_end; ++part) {
-        T* totals = vector_totals ? nullptr : part_totals.data() + part * nnz;
-        V* totals_v = vector_totals ? part_totals_v.data() + part * nnz : nullptr;
-        for (int64_t n = s.bounds[part]; n < s.bounds[part + 1]; ++n) {
-          fill_input_planes(x + n * sample_in, g, p, 0, g.c_in, planes);
-          weight_grad_channels(offsets, offs.data(), g, p, planes, dy + n * sample_out, 0, g.c_out, totals,
-                               totals_v);
-        }
-      }
-    });
-    for (int64_t part = 0; part < s.parts; ++part) {
-      for (int64_t e = 0; e < nnz; ++e)
-        out[e] += vector_totals ? Simd<T>::sum(part_totals_v[part * nnz + e]) : part_totals[part * nnz + e];
-    }
-    return;
-  }
-  std::vector<T> planes(planes_size);
-  for (int64_t n = 0; n < g.n; ++n) {
-    at::parallel_for(0, g.c_in, 1, [&](int64_t c0, int64_t c1) {
-      fill_input_planes(x + n * sample_in, g, p, c0, c1, planes.data());
-    });
-    at::parallel_for(0, g.c_out, 1, [&](int64_t o0, int64_t o1) {
-      weight_grad_channels(offsets, offs.data(), g, p, planes.data(), dy + n * sample_out, o0, o1,
-                           out + offsets[o0], static_cast<typename Simd<T>::vec*>(nullptr));
-    });
+  for_each_sample<T, WeightGradPlanesTag>(
+      s, g.n, g.c_in * p.phases * p.plane, g.c_in, g.c_out,
+      [&](int64_t n, int64_t c0, int64_t c1, T* planes) { fill_input_planes(x + n * sample_in, g, p, c0, c1, planes); },
+      [&](int64_t n, int64_t o0, int64_t o1, const T* planes, int64_t part) {
+        T* totals = part < 0 ? out + offsets[o0] : vector_totals ? nullptr : part_totals.data() + part * nnz;
+        V* totals_v = part >= 0 && vector_totals ? part_totals_v.data() + part * nnz : nullptr;
+        weight_grad_channels(offsets, offs.data(), g, p, planes, dy + n * sample_out, o0, o1, totals, totals_v);
+      });
+  for (int64_t part = 0; part < parts; ++part) {
+    for (int64_t e = 0; e < nnz; ++e)
+      out[e] += vector_totals ? Simd<T>::sum(part_totals_v[part * nnz + e]) : part_totals[part * nnz + e];
   }
 }
 

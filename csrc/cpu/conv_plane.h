@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "conv_geometry.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace sparsekern {
@@ -180,8 +181,8 @@ inline std::vector<int64_t> plane_read_offsets(const int32_t* offsets, const int
 // when there are at least as many samples as threads; otherwise parts = 0 and each sample's channels are
 // split across threads.
 struct PlaneSchedule {
-  int64_t parts;          // thread parts when splitting the batch; 0 when splitting channels
-  std::vector<int64_t> bounds;  // sample ranges of the parts
+  int64_t parts;
+  std::vector<int64_t> bounds;
 };
 
 inline PlaneSchedule plane_schedule(int64_t n) {
@@ -195,6 +196,34 @@ inline PlaneSchedule plane_schedule(int64_t n) {
   s.bounds.resize(threads + 1);
   for (int64_t t = 0; t <= threads; ++t) s.bounds[t] = n * t / threads;
   return s;
+}
+
+// Runs a plane kernel over every sample under schedule s: fill(n, c0, c1, planes) writes channels [c0, c1)
+// of sample n's planes (planes_size elements per sample), then compute(n, o0, o1, planes, part) produces
+// that sample's output channels [o0, o1). With whole samples per thread, part is the thread's part (for
+// per-part results) and the planes are the thread's own scratch; otherwise part is -1, each sample is filled
+// by all threads, then its channels are computed by all threads (disjoint ranges).
+template <typename T, typename Tag, typename Fill, typename Compute>
+void for_each_sample(const PlaneSchedule& s, int64_t n_samples, int64_t planes_size, int64_t fill_channels,
+                     int64_t compute_channels, const Fill& fill, const Compute& compute) {
+  if (s.parts > 0) {
+    at::parallel_for(0, s.parts, 1, [&](int64_t part_begin, int64_t part_end) {
+      T* planes = scratch_buffer<T, Tag>(planes_size);
+      for (int64_t part = part_begin; part < part_end; ++part) {
+        for (int64_t n = s.bounds[part]; n < s.bounds[part + 1]; ++n) {
+          fill(n, int64_t{0}, fill_channels, planes);
+          compute(n, int64_t{0}, compute_channels, planes, part);
+        }
+      }
+    });
+    return;
+  }
+  std::vector<T> planes(planes_size);
+  for (int64_t n = 0; n < n_samples; ++n) {
+    at::parallel_for(0, fill_channels, 1, [&](int64_t c0, int64_t c1) { fill(n, c0, c1, planes.data()); });
+    at::parallel_for(0, compute_channels, 1,
+                     [&](int64_t o0, int64_t o1) { compute(n, o0, o1, planes.data(), int64_t{-1}); });
+  }
 }
 
 // Calls body(vectors, offset) over [0, span) (a whole number of vectors) in register chunks: 8 vectors while
