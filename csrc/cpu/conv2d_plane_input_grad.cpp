@@ -121,10 +121,17 @@ void input_grad_channels(const GatherLists<T>& lists, const ConvGeometry& g, con
         }
         continue;
       }
-      for (int64_t x = 0; x < g.w; ++x) {
-        const int64_t xp = x + g.pw;
-        const int64_t phase = p.phase_index[(yp % g.sh) * g.sw + xp % g.sw];
-        dst[x] = phase < 0 ? T(0) : rows[phase * p.grad_span + i * p.grad_pitch + xp / g.sw - p.grad_col0];
+      // Column phase b holds the pixels x = x0, x0 + sw, ... with (x0 + pw) % sw == b, at consecutive grid
+      // columns from (x0 + pw) / sw: one strided copy per phase, no division per pixel.
+      for (int64_t b = 0; b < g.sw; ++b) {
+        const int64_t x0 = ((b - g.pw) % g.sw + g.sw) % g.sw;
+        const int64_t phase = p.phase_index[(yp % g.sh) * g.sw + b];
+        if (phase < 0) {
+          for (int64_t x = x0; x < g.w; x += g.sw) dst[x] = T(0);
+          continue;
+        }
+        const T* src = rows + phase * p.grad_span + i * p.grad_pitch + (x0 + g.pw) / g.sw - p.grad_col0;
+        for (int64_t x = x0, k = 0; x < g.w; x += g.sw, ++k) dst[x] = src[k];
       }
     }
   }
