@@ -766,7 +766,7 @@ def test_properties_and_repr():
 
 def test_resolved_backend():
     compiled = _extension.has_compiled_kernels("cpu")
-    before = conv_min_sparsity((3, 3), 1, 5, 16)  # no input seen yet: the threshold of a 4x4 output map
+    before = conv_min_sparsity((3, 3), (1, 1), 1, 5, 16)  # no input seen yet: the threshold of a 4x4 output map
     low = make_layer(5, 8, 3, 0.5, "auto")
     high = make_layer(5, 8, 3, 0.9, "auto")
     at = make_layer(5, 8, 3, before, "auto")
@@ -781,21 +781,23 @@ def test_resolved_backend():
 
 
 def test_auto_crossover_follows_the_input_size():
-    """The crossover falls with the output map: at 50% sparsity a 3x3 conv runs dense on a 4x4 map and sparse
+    """The crossover falls with the output map: at 65% sparsity a 3x3 conv runs dense on a 4x4 map and sparse
     on a 32x32 one; the last input seen decides when no size is given, and a "same"-padded layer counts the
     pixel it pads itself."""
     compiled = _extension.has_compiled_kernels("cpu")
-    layer = make_layer(5, 8, 3, 0.5, "auto", padding=1)
+    layer = make_layer(5, 8, 3, 0.65, "auto", padding=1)
     assert layer.resolved_backend(input_size=(4, 4)) == "dense"
     assert layer.resolved_backend(input_size=(32, 32)) == ("sparse" if compiled else "dense")
     layer(torch.randn(1, 5, 32, 32, dtype=F64))
-    assert layer.min_sparsity() == conv_min_sparsity((3, 3), 1, 5, 32 * 32)
+    assert layer.min_sparsity() == conv_min_sparsity((3, 3), (1, 1), 1, 5, 32 * 32)
     assert layer.resolved_backend() == ("sparse" if compiled else "dense")
     same = make_layer(5, 8, (4, 3), 0.5, "auto", padding="same")
-    assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), 1, 5, 31 * 32)
+    assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), (1, 1), 1, 5, 31 * 32)
     depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8)
-    assert depthwise.resolved_backend(input_size=(8, 8)) == "dense"  # sparse depthwise pays on large maps only
-    assert depthwise.resolved_backend(input_size=(16, 16)) == ("sparse" if compiled else "dense")
+    assert depthwise.resolved_backend(input_size=(4, 4)) == "dense"  # sparse depthwise pays on 8x8 and up only
+    assert depthwise.resolved_backend(input_size=(8, 8)) == ("sparse" if compiled else "dense")
+    strided = make_layer(8, 8, 3, 0.95, "auto", stride=2, padding=1, groups=8)
+    assert strided.resolved_backend(input_size=(32, 32)) == "dense"  # strided depthwise: never
 
 
 # ------------------------------------------------------------------------------------------- bad input

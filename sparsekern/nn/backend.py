@@ -20,24 +20,26 @@ BACKENDS = ("auto", "sparse", "dense")
 CPU_MIN_SPARSITY = {"csr": 0.70, "bsr": 0.70}
 
 
-def conv_min_sparsity(kernel_size, groups: int, in_channels: int, out_pixels: int) -> float:
+def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int) -> float:
     """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
     SparseConv2d whose output map has ``out_pixels`` pixels per sample (> 1: never; dense always).
 
-    Measured with `python -m benchmarks.run --suite conv --shapes resnet18|vgg16|mobilenetv2 --sparsities
-    0.5,0.6,0.7,0.8,0.9 --candidates dense,sk_csr,sk_csr_auto` (benchmarks/results/conv_crossover_*.md): batch
-    64, 2 threads, float32. The sparse kernels' advantage grows with the map (dense oneDNN is least efficient
-    on few channels at large maps, the sparse plane kernels most efficient there), so the threshold falls
-    with it; each step keeps a margin of >= 1.1x over dense at the measured cells. Below 0.5 nothing was
-    measured, so nothing below 0.5 is called sparse.
+    Measured with `python -m benchmarks.run --suite conv --shapes resnet18` and `--shapes vgg16,mobilenetv2`,
+    `--sparsities 0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99 --repeats 11` (benchmarks/results/conv_cpu_latest.md,
+    conv_cpu_vgg16_mobilenetv2_latest.md): batch 64, 2 threads, float32, AMD EPYC Zen 3. The sparse kernels'
+    advantage grows with the map (dense oneDNN is least efficient on few channels at large maps, the sparse
+    plane kernels most efficient there), so the threshold falls with it. Sparse at the threshold measured
+    1.0-1.5x dense (3x3 on >= 32x32: 1.15-1.5x at 0.6; >= 16x16: 1.4-1.5x at 0.7; smaller: 1.3-2.1x at 0.8;
+    1x1 on >= 8x8: 1.0-1.8x at 0.5; stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise convs
+    never beat dense (0.4-1.0x). Below 0.5 nothing was measured, so nothing below 0.5 is called sparse.
     """
     kernel_taps = kernel_size[0] * kernel_size[1]
-    if groups > 1 and in_channels == groups:  # depthwise: sparse only pays on large maps
-        return 0.5 if out_pixels >= 256 else 1.01
+    if groups > 1 and in_channels == groups:  # depthwise
+        return 0.5 if tuple(stride) == (1, 1) and out_pixels >= 64 else 1.01
     if kernel_taps == 1:  # pointwise
-        return 0.5 if out_pixels >= 256 else 0.8
+        return 0.5 if out_pixels >= 64 else 0.9
     if out_pixels >= 1024:
-        return 0.5
+        return 0.6
     if out_pixels >= 256:
         return 0.7
     return 0.8

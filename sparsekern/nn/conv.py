@@ -135,7 +135,7 @@ class SparseConv2d(KeptWeightsModule):
             oh, ow = _ops.conv_output_size([s + e for s, e in zip(size, extra)], self.kernel_size, self.stride,
                                            self._op_padding, self.dilation)
             pixels = oh * ow
-        return conv_min_sparsity(self.kernel_size, self.groups, self.in_channels, pixels)
+        return conv_min_sparsity(self.kernel_size, self.stride, self.groups, self.in_channels, pixels)
 
     def resolved_backend(self, device_type: str | None = None, input_size=None) -> str:
         """What ``backend`` means for this layer on ``device_type`` (default: where the weights are) and inputs
