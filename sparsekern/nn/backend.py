@@ -30,14 +30,15 @@ def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pi
     advantage grows with the map (dense oneDNN is least efficient on few channels at large maps, the sparse
     plane kernels most efficient there), so the threshold falls with it. Sparse at the threshold measured
     1.0-1.5x dense (3x3 on >= 32x32: 1.15-1.5x at 0.6; >= 16x16: 1.4-1.5x at 0.7; smaller: 1.3-2.1x at 0.8;
-    1x1 on >= 8x8: 1.0-1.8x at 0.5; stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise convs
+    1x1 on >= 8x8: 1.0-1.8x at 0.5, smaller: 0.9-1.3x at 0.8, where the dense fallback measured 0.89-0.9x;
+    stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise convs
     never beat dense (0.4-1.0x). Below 0.5 nothing was measured, so nothing below 0.5 is called sparse.
     """
     kernel_taps = kernel_size[0] * kernel_size[1]
     if groups > 1 and in_channels == groups:  # depthwise
         return 0.5 if tuple(stride) == (1, 1) and out_pixels >= 64 else 1.01
     if kernel_taps == 1:  # pointwise
-        return 0.5 if out_pixels >= 64 else 0.9
+        return 0.5 if out_pixels >= 64 else 0.8
     if out_pixels >= 1024:
         return 0.6
     if out_pixels >= 256:
