@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "conv_plane.h"
+#include "lane_sums.h"
 #include "scratch.h"
 
 namespace sparsekern {
@@ -72,7 +73,16 @@ void weight_grad_channels(const int32_t* offsets, const int64_t* offs, const Con
     if (totals_v != nullptr) {
       for (int64_t e = 0; e < count; ++e) totals_v[at + e] += sums[e];
     } else {
-      for (int64_t e = 0; e < count; ++e) totals[at + e] += S::sum(sums[e]);
+      // A register's worth of lane sums at once (lane_sums.h): on a 4x4 map a lane sum per kept weight per
+      // sample costs about as much as the short dot product it finishes (11% of this op at 512 channels, 95%).
+      constexpr int64_t L = S::kLanes;
+      int64_t e = 0;
+      for (; e + L <= count; e += L) {
+        T lane_sums[L];
+        all_lane_sums<T>(sums + e, lane_sums);
+        for (int64_t j = 0; j < L; ++j) totals[at + e + j] += lane_sums[j];
+      }
+      for (; e < count; ++e) totals[at + e] += S::sum(sums[e]);
     }
   }
 }

@@ -9,13 +9,20 @@
 //   3. shuffle_f32x4 0x44 + 0xEE            -> lanes {0+2, 1+3} of two s2's side by side
 //   4. shuffle_f32x4 0x88 + 0xDD            -> [entries 0-3 | 4-7 | 8-11 | 12-15]
 // Double (8 accumulators, 2 per lane) needs only levels 1, 3 and 4.
+// AVX2 (8 float / 4 double accumulators) does the same with horizontal adds: two levels of hadd leave the
+// sums of each 128-bit half, one cross-half permute and add finishes them (9 instructions for 8 floats,
+// against ~5 per vector one by one).
 #pragma once
 
 #include <cstdint>
-
 #include <cstring>
+#include <type_traits>
 
 #include "simd.h"
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -98,8 +105,8 @@ struct LaneSums<double> {
 
 namespace sparsekern {
 
-// sums[k] = the sum of acc[k]'s lanes for k < Simd<T>::kLanes: one transposing tree with AVX-512, lane by
-// lane elsewhere.
+// sums[k] = the sum of acc[k]'s lanes for k < Simd<T>::kLanes: one transposing tree with AVX-512 or AVX2,
+// lane by lane elsewhere.
 template <typename T>
 inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
   constexpr int G = static_cast<int>(Simd<T>::kLanes);
@@ -109,6 +116,24 @@ inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
   for (int k = 0; k < G; ++k) v[k] = reinterpret_cast<const typename L::vec&>(acc[k]);
   const typename L::vec s = L::sums(v);
   std::memcpy(sums, &s, sizeof(s));
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float> && G == 8) {
+    __m256 a[8];
+    std::memcpy(a, acc, sizeof(a));
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);  // [0-3 low halves | 0-3 high]
+    const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(sums, s);
+  } else if constexpr (std::is_same_v<T, double> && G == 4) {
+    __m256d a[4];
+    std::memcpy(a, acc, sizeof(a));
+    const __m256d t0 = _mm256_hadd_pd(a[0], a[1]), t1 = _mm256_hadd_pd(a[2], a[3]);
+    const __m256d s = _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31));
+    _mm256_storeu_pd(sums, s);
+  } else {
+    for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
+  }
 #else
   for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
 #endif
