@@ -13,10 +13,11 @@
 # Environment: PYTHON (default python3) is the interpreter whose torch is built against; JOBS (default
 # nproc) is the build and ctest parallelism; ASAN_EXTRA (default detect_leaks=1) goes into ASAN_OPTIONS.
 #
-# Measured on the 2-core CI machine (AMD EPYC Zen 4, g++ 12, torch 2.13.0 CPU), fresh build dir:
-#   normal:      45 s  (configure 2 s, build 39 s for 14 translation units, ctest 2 s) on a quiet machine;
-#                2-3 min while other jobs loaded it (load average 6-8)
-#   --sanitize:  2m32  (configure 2 s, build 143 s, ctest 6 s); 3.5-5 min under the same load
+# Measured on a 2-core AMD EPYC Zen 3 VM (AVX2, g++ 12, torch 2.13.0 CPU), fresh build dir, with the torch
+# headers precompiled (SPARSEKERN_PCH, CMakeLists.txt):
+#   normal:      2m18 (configure 3 s, build 126 s for 28 translation units, ctest 7 s)
+#   --sanitize:  5m00 (configure 4 s, build 269 s at -O1, ctest 22 s); at -O3 without the precompiled
+#                headers it was ~9 min
 #   --portable:  like normal
 #
 # Sanitizer notes (what was found to work here):
