@@ -7,7 +7,8 @@ from torch import nn
 from sparsekern import CSRLayout, SparseLinear, _ops
 from sparsekern.masks import random_mask
 
-SHAPES = [(7, 123), (33, 16), (5, 17), (64, 64), (1, 1), (3, 0), (0, 4)]
+# Row lengths around the 8- and 16-wide SIMD steps (AVX2 / AVX-512) and their scalar tails.
+SHAPES = [(7, 123), (33, 16), (5, 17), (64, 64), (1, 1), (3, 0), (0, 4), (3, 8), (4, 9), (6, 31), (2, 7)]
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -27,12 +28,27 @@ def test_mask_expand_and_compress_match_boolean_indexing(shape, sparsity, dtype)
     assert torch.equal(_ops.mask_compress(source, layout.row_offsets, mask), source[mask])
 
 
+def test_mask_expand_passes_non_finite_values_and_zeroes_the_rest():
+    """Pruned positions are exactly 0 next to inf / nan kept values (no value * 0 = nan)."""
+    mask = random_mask((5, 37), 0.5)
+    layout = CSRLayout.from_mask(mask)
+    values = torch.randn(layout.nnz)
+    values[::3] = float("inf")
+    values[1::3] = float("nan")
+    dense = torch.full((5, 37), 1.0)
+    _ops.mask_expand_(values, layout.row_offsets, mask, dense)
+    assert torch.equal(dense[~mask], torch.zeros(int((~mask).sum())))
+    assert torch.equal(dense[mask].isnan(), values.isnan())
+    assert torch.equal(dense[mask].nan_to_num(), values.nan_to_num())
+
+
+@pytest.mark.parametrize("row", [True, False], ids=["more", "fewer"])
 @pytest.mark.parametrize("op", ["expand", "compress"])
-def test_mask_and_offsets_that_disagree_raise(op):
+def test_mask_and_offsets_that_disagree_raise(op, row):
     mask = random_mask((8, 40), 0.5)
     layout = CSRLayout.from_mask(mask)
     other = mask.clone()
-    other[3, :] = True  # row 3 now keeps more than row_offsets gives it
+    other[3, :] = row  # row 3 now keeps more (or fewer) than row_offsets gives it
     with pytest.raises(ValueError, match="row_offsets: some row's entry count differs"):
         if op == "expand":
             _ops.mask_expand_(torch.randn(layout.nnz), layout.row_offsets, other, torch.empty(8, 40))

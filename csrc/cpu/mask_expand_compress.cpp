@@ -4,8 +4,9 @@
 //   mask_compress(dense, row_offsets, mask) -> dense[mask] in row-major order
 //
 // The dense fallback's per-step hot path (refill the dense weight, gather the weight gradient). With
-// AVX-512 one expand-load / compress-store moves 16 floats under a 16-bit mask, instead of one indexed
-// store or load per kept value; row_offsets tell each thread where its rows' values start.
+// AVX-512 one expand-load / compress-store moves 16 floats under a 16-bit mask, with AVX2 a table-driven
+// permute moves 8, instead of one indexed store or load per kept value; row_offsets tell each thread where
+// its rows' values start.
 //
 // A mask and row_offsets that disagree must raise, not read or write past a row: each row kernel checks
 // its bound once per 16 columns (cheaper than a separate counting pass over the mask) and reports failure.
@@ -21,6 +22,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define SPARSEKERN_MASK_SIMD 1
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define SPARSEKERN_MASK_AVX2 1
 #endif
 
 #include "../checks.h"
@@ -36,6 +40,45 @@ inline __mmask16 keep_bits(const bool* keep) {
 }
 #endif
 
+#ifdef SPARSEKERN_MASK_AVX2
+// AVX2 has no expand-load / compress-store: a permute by a per-pattern index vector does the same for 8
+// floats. For each 8-bit keep pattern m: expand[m][lane] = the rank of a kept lane among the kept ones (the
+// value it takes), compress[m][k] = the lane of the k-th kept one.
+struct MaskPermutes {
+  alignas(32) int32_t expand[256][8];
+  alignas(32) int32_t compress[256][8];
+};
+
+inline const MaskPermutes& mask_permutes() {
+  static const MaskPermutes tables = [] {
+    MaskPermutes t{};
+    for (int m = 0; m < 256; ++m) {
+      int rank = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if ((m >> lane) & 1) {
+          t.expand[m][lane] = rank;
+          t.compress[m][rank++] = lane;
+        }
+      }
+    }
+    return t;
+  }();
+  return tables;
+}
+
+inline unsigned keep_bits8(const bool* keep) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep));
+  return static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpgt_epi8(bytes, _mm_setzero_si128()))) & 0xFFu;
+}
+
+// Lanes whose bit is set in m: all ones, others zero.
+inline __m256 lane_mask8(unsigned m) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, bit));
+}
+#endif
+
 template <typename T>
 inline bool expand_row(const T* src, const T* src_end, const bool* keep, int64_t n, T* dst) {
   int64_t j = 0;
@@ -47,6 +90,18 @@ inline bool expand_row(const T* src, const T* src_end, const bool* keep, int64_t
       if (src + count > src_end) return false;
       _mm512_storeu_ps(dst + j, _mm512_maskz_expandloadu_ps(m, src));
       src += count;
+    }
+  }
+#elif defined(SPARSEKERN_MASK_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const MaskPermutes& perm = mask_permutes();
+    // Reads 8 values whatever the count, so it stops 8 short of the row's end; the loop below finishes.
+    for (; j + 8 <= n && src + 8 <= src_end; j += 8) {
+      const unsigned m = keep_bits8(keep + j);
+      const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(perm.expand[m]));
+      const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(src), index);
+      _mm256_storeu_ps(dst + j, _mm256_and_ps(v, lane_mask8(m)));
+      src += __builtin_popcount(m);
     }
   }
 #endif
@@ -81,6 +136,18 @@ inline bool compress_row(const T* src, const bool* keep, int64_t n, T* dst, cons
       if (dst + count > dst_end) return false;
       _mm512_mask_compressstoreu_ps(dst, m, _mm512_loadu_ps(src + j));
       dst += count;
+    }
+  }
+#elif defined(SPARSEKERN_MASK_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const MaskPermutes& perm = mask_permutes();
+    // Writes 8 lanes whatever the count (the extra ones are overwritten next), so it stops 8 short of the
+    // row's end; the loop below finishes.
+    for (; j + 8 <= n && dst + 8 <= dst_end; j += 8) {
+      const unsigned m = keep_bits8(keep + j);
+      const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(perm.compress[m]));
+      _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + j), index));
+      dst += __builtin_popcount(m);
     }
   }
 #endif
