@@ -116,6 +116,7 @@ inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
   for (int k = 0; k < G; ++k) v[k] = reinterpret_cast<const typename L::vec&>(acc[k]);
   const typename L::vec s = L::sums(v);
   std::memcpy(sums, &s, sizeof(s));
+  return;
 #elif defined(__AVX2__)
   if constexpr (std::is_same_v<T, float> && G == 8) {
     __m256 a[8];
@@ -125,18 +126,17 @@ inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
     const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);  // [0-3 low halves | 0-3 high]
     const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
     _mm256_storeu_ps(sums, s);
+    return;
   } else if constexpr (std::is_same_v<T, double> && G == 4) {
     __m256d a[4];
     std::memcpy(a, acc, sizeof(a));
     const __m256d t0 = _mm256_hadd_pd(a[0], a[1]), t1 = _mm256_hadd_pd(a[2], a[3]);
     const __m256d s = _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31));
     _mm256_storeu_pd(sums, s);
-  } else {
-    for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
+    return;
   }
-#else
-  for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
 #endif
+  for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
 }
 
 }  // namespace sparsekern

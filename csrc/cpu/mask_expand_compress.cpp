@@ -9,7 +9,8 @@
 // its rows' values start.
 //
 // A mask and row_offsets that disagree must raise, not read or write past a row: each row kernel checks
-// its bound once per 16 columns (cheaper than a separate counting pass over the mask) and reports failure.
+// its bound as it goes (per SIMD step, per element in the scalar loop; cheaper than a separate counting
+// pass over the mask) and reports failure.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -105,9 +106,10 @@ inline bool expand_row(const T* src, const T* src_end, const bool* keep, int64_t
     }
   }
 #endif
-  // Branch-free: a random 50% mask mispredicts a branch on every other element (on AVX2, without the
-  // expand-load above, that was 6 ms of a 512x512x3x3 layer's 200 ms dense-fallback step). The loads and
-  // the bound test stay in range: past the row's last value, v is 0 and `over` records any kept position.
+  // The rest of the row (all of it for double, or without SIMD): branch-free, since a random 50% mask
+  // mispredicts a branch on every other element (a branchy loop here was 6 ms of a 512x512x3x3 layer's
+  // 200 ms dense-fallback step on AVX2). The loads and the bound test stay in range: past the row's last
+  // value, v is 0 and `over` records any kept position.
   // The value is selected with an integer mask, not `k ? v : 0`, which compilers may still turn into a branch.
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
   const T zero = T(0);
