@@ -8,7 +8,9 @@ Pairs:
   vs one pass (csr_spmm_sddmm_bt);
 - values into CSC order: torch index_select vs sparsekern permute;
 - BSR values into block order: element gather (permute by from_elements) vs whole runs of bw;
-- layer-boundary transpose: torch .t().contiguous() vs sparsekern transpose.
+- layer-boundary transpose: torch .t().contiguous() vs sparsekern transpose;
+- the dense fallback's refill and gather: boolean-mask indexing (dense[mask] = values, dense[mask]) vs
+  sparsekern mask_expand_ / mask_compress.
 Writes benchmarks/results/ops_cpu.md and .csv (machine, versions, command, date).
 """
 from __future__ import annotations
@@ -53,6 +55,10 @@ def pairs(torch, _ops, size, batch, sparsity):
     to_runs = torch.argsort(from_runs)
     block_values = torch.randn(block.nnz)
     x = torch.randn(batch, size)
+    dense = torch.zeros(size, size)
+
+    def masked_assign():
+        dense[mask] = values
 
     return [
         ("CSR backward: spmm_bt + sddmm -> fused csr_spmm_sddmm_bt",
@@ -67,6 +73,12 @@ def pairs(torch, _ops, size, batch, sparsity):
         (f"transpose ({batch}, {size}): .t().contiguous() -> sparsekern transpose",
          lambda: x.t().contiguous(),
          lambda: _ops.transpose(x)),
+        ("dense fallback refill: dense[mask] = values -> mask_expand_",
+         masked_assign,
+         lambda: _ops.mask_expand_(values, lt[0], mask, dense)),
+        ("dense fallback gather: dense[mask] -> mask_compress",
+         lambda: dense[mask],
+         lambda: _ops.mask_compress(dense, lt[0], mask)),
     ]
 
 
