@@ -81,9 +81,15 @@ def test_permute_bad_index_anywhere(position, index, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(33, 47), (16, 16), (8, 8), (48, 17), (17, 48), (128, 4096)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(33, 47), (16, 16), (8, 8), (48, 17), (17, 48), (128, 4096), (24, 40), (8, 24), (12, 9), (4, 4)], ids=str
+)
 def test_transpose_row_strided_input(shape, dtype):
-    """A row-sliced input (row stride > columns, unit column stride) takes the register-block path."""
+    """A row-sliced input (row stride > columns, unit column stride) takes the register-block path.
+
+    The shapes cover whole and partial tiles of the AVX-512 (16x16 float, 8x8 double) and AVX2 (8x8 float,
+    4x4 double, two blocks stacked per tile) register blocks, with rows and columns left over for the
+    scalar edges."""
     base = torch.randn(shape[0], shape[1] + 9, dtype=dtype)
     x = base[:, 3:3 + shape[1]]
     assert torch.equal(_ops.transpose(x), x.t().contiguous())

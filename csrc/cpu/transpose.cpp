@@ -5,10 +5,10 @@
 // The sparse kernels work on feature-major activations (features, batch) while layers take and return
 // (batch, features), so each layer transposes its input and its output's gradient. A plain strided copy
 // ran at ~2.4 GB/s here (0.9 ms for a 2048x256 float matrix); scalar 32x32 tiles ran at 0.28-0.42 ms,
-// 2-3x slower than a copy of the same bytes. With AVX-512 the kernel moves 16x16 (float) or 8x8 (double)
-// blocks through registers: 16 row loads, 64 in-register shuffles, 16 full-line stores (transpose_simd.h):
-// 0.11-0.15 ms for 2048x256, 3.4-4.1x faster than torch's .t().contiguous() (benchmarks/results/ops_cpu.md).
-// Edges and other targets take the scalar tile path.
+// 2-3x slower than a copy of the same bytes. So the kernel moves square blocks through registers
+// (transpose_simd.h): 16x16 float / 8x8 double with AVX-512 (0.11-0.15 ms for 2048x256, 3.4-4.1x faster
+// than torch's .t().contiguous() on an AVX-512 Xeon), 8x8 float / 4x4 double with AVX2 (0.17 ms against
+// the scalar tiles' 0.63 ms on a Zen 3). Edges and other targets take the scalar tile path.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +27,7 @@ namespace {
 template <typename T>
 void transpose_kernel(const T* x, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride, T* out,
                       int64_t out_ld) {
-  constexpr int64_t kTile = 32;  // rows per task; a multiple of every register block
+  constexpr int64_t kTile = 32;  // rows per task; a multiple of every register tile (transpose_simd.h)
   const int64_t row_tiles = (rows + kTile - 1) / kTile;
   at::parallel_for(0, row_tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
     transpose_rows<T, false>(x, tile_begin * kTile, std::min(rows, tile_end * kTile), cols, row_stride, col_stride,
