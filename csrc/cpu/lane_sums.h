@@ -139,4 +139,25 @@ inline void all_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
   for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
 }
 
+// sums[k] = the sum of acc[k]'s lanes for k < G, for a group of G accumulators that may be smaller than a
+// register's lanes: the fused CSR backward keeps G = 4 with AVX2 (16 vector registers) so its accumulators do
+// not spill (csr_spmm_sddmm.cpp). For 4 AVX2 floats: two levels of hadd, then the two 128-bit halves added.
+template <typename T, int G>
+inline void group_lane_sums(const typename Simd<T>::vec* acc, T* sums) {
+  if constexpr (G == static_cast<int>(Simd<T>::kLanes)) {
+    all_lane_sums<T>(acc, sums);
+    return;
+  }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && G == 4) {
+    __m256 a[4];
+    std::memcpy(a, acc, sizeof(a));
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_storeu_ps(sums, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+    return;
+  }
+#endif
+  for (int k = 0; k < G; ++k) sums[k] = Simd<T>::sum(acc[k]);
+}
+
 }  // namespace sparsekern
