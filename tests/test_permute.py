@@ -82,7 +82,9 @@ def test_permute_bad_index_anywhere(position, index, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "shape", [(33, 47), (16, 16), (8, 8), (48, 17), (17, 48), (128, 4096), (24, 40), (8, 24), (12, 9), (4, 4)], ids=str
+    "shape",
+    [(33, 47), (16, 16), (8, 8), (48, 17), (17, 48), (128, 4096), (24, 40), (8, 24), (12, 9), (4, 4), (14, 9), (7, 13)],
+    ids=str,
 )
 def test_transpose_row_strided_input(shape, dtype):
     """A row-sliced input (row stride > columns, unit column stride) takes the register-block path.

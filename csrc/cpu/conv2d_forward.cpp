@@ -40,10 +40,9 @@ inline void channel_pixels(const T* __restrict values, const int64_t* __restrict
     for (int v = 0; v < NV; ++v) acc[p][v] = S::broadcast(init);
   }
   for (int64_t i = begin; i < end; ++i) {
-    if (i + kPrefetchDistance < end) {  // prefetch.h
+    const T* ahead = in + offs[prefetch_entry(i, end)];  // prefetch.h
 #pragma GCC unroll 8
-      for (int p = 0; p < P; ++p) prefetch_bytes<NV * kVectorBytes>(in + offs[i + kPrefetchDistance] + p * pixel_step);
-    }
+    for (int p = 0; p < P; ++p) prefetch_bytes<NV * kVectorBytes>(ahead + p * pixel_step);
     const V w = S::broadcast(values[i]);
     const T* x = in + offs[i];
 #pragma GCC unroll 8

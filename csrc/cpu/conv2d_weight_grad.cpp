@@ -34,7 +34,7 @@ inline void pixel_dots(const typename Simd<T>::vec* dyv, const int64_t* __restri
   using S = Simd<T>;
   using V = typename S::vec;
   for (int64_t e = begin; e < end; ++e) {
-    if (e + kPrefetchDistance < end) prefetch_bytes<NV * kVectorBytes>(in + offs[e + kPrefetchDistance]);
+    prefetch_bytes<NV * kVectorBytes>(in + offs[prefetch_entry(e, end)]);  // prefetch.h
     const T* x = in + offs[e];
     V s = dyv[0] * S::load(x);
     if constexpr (NV == 4) {

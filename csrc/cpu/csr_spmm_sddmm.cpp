@@ -70,7 +70,7 @@ inline void fused_group(const T* __restrict values, const int32_t* __restrict co
   for (int k = 0; k < G; ++k) {
     dot[k] = S::zero();
     if (kFull || k < count) {
-      prefetch_slice<T, kWide * kVectorBytes>(slab, cols, g + k + kPrefetchDistance, prefetch_end, ld);
+      prefetch_slice<T, kWide * kVectorBytes>(slab, cols, g + k, prefetch_end, ld);
       const T* x = slab + static_cast<int64_t>(cols[g + k]) * ld;
       const V w = S::broadcast(values[g + k]);
 #pragma GCC unroll 4

@@ -19,18 +19,28 @@ namespace sparsekern {
 
 constexpr int64_t kPrefetchDistance = 8;  // entries ahead
 
-// Prefetches the kBytes bytes from p (whole cache lines).
+// Prefetches every cache line that holds one of the kBytes bytes from p: kBytes / 64 lines from p, and the
+// line of its last byte (a line more when p is not line-aligned; a duplicate request otherwise).
 template <int64_t kBytes>
 inline void prefetch_bytes(const void* p) {
   const char* c = static_cast<const char*>(p);
 #pragma GCC unroll 8
   for (int64_t line = 0; line < kBytes; line += 64) __builtin_prefetch(c + line);
+  __builtin_prefetch(c + kBytes - 1);
 }
 
-// Prefetches the kBytes bytes at slab + cols[i] * ld, if entry i exists (i < limit).
+// The entry to prefetch for entry i: i + kPrefetchDistance, clamped to the last entry (end - 1, end >= 1).
+// Clamped, not skipped: GCC 12 silently dropped the prefetches from the fused kernel when they sat behind
+// an `if` (the objects held no prefetch instruction at all), so callers prefetch unconditionally.
+inline int64_t prefetch_entry(int64_t i, int64_t end) {
+  const int64_t ahead = i + kPrefetchDistance;
+  return ahead < end ? ahead : end - 1;
+}
+
+// Prefetches the kBytes bytes at slab + cols[j] * ld for the entry j that entry i prefetches (end >= 1).
 template <typename T, int64_t kBytes>
-inline void prefetch_slice(const T* slab, const int32_t* cols, int64_t i, int64_t limit, int64_t ld) {
-  if (i < limit) prefetch_bytes<kBytes>(slab + static_cast<int64_t>(cols[i]) * ld);
+inline void prefetch_slice(const T* slab, const int32_t* cols, int64_t i, int64_t end, int64_t ld) {
+  prefetch_bytes<kBytes>(slab + static_cast<int64_t>(cols[prefetch_entry(i, end)]) * ld);
 }
 
 }  // namespace sparsekern

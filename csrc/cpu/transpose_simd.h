@@ -15,8 +15,9 @@
 //   2. shuffle_ps 0x44 / 0xEE of those    -> s[4h + k]: rows 4h..4h+3 at column 4L + k, in lane L
 //   3. permute2f128 0x20 / 0x31           -> lane 0 / lane 1 of s[k] and s[4 + k]: output rows k and 4 + k
 // Double: unpack{lo,hi}_pd of row pairs, then permute2f128 as in stage 3.
-// A block row is half a cache line with AVX2, so transpose_rows stacks two blocks per tile (kBlocksPerTile)
-// and the destination's lines are written whole.
+// A block row is half a cache line with AVX2, so transpose_rows stacks two blocks per tile
+// (blocks_per_tile<T>()): each destination row gets 64 contiguous bytes per tile, a whole line when the
+// destination is line-aligned.
 #pragma once
 
 #include <algorithm>
@@ -24,9 +25,11 @@
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
 
-// GCC 12 reports the deliberately undefined pass-through operand inside the unpack/shuffle intrinsics as
-// -W(maybe-)uninitialized; the instructions have no pass-through, so the warning is noise.
+#if defined(__AVX512F__)
+// GCC 12 reports the deliberately undefined pass-through operand inside the AVX-512 unpack/shuffle
+// intrinsics as -W(maybe-)uninitialized; the instructions have no pass-through, so the warning is noise.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
