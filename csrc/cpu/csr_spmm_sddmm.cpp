@@ -58,7 +58,8 @@ inline void in_register(V& v) {
 }
 
 // Entries [g, g + count) of one row: acc += values · dense[col], dots (+)= other_row · dense[col].
-// Entries below prefetch_end are prefetched kPrefetchDistance ahead, across row ends (prefetch.h).
+// Each entry prefetches the slice of the entry kPrefetchDistance ahead, across row ends, up to the last
+// entry below prefetch_end (prefetch.h).
 template <typename T, int G, bool kFull>
 inline void fused_group(const T* __restrict values, const int32_t* __restrict cols, int64_t g, int count,
                         int64_t prefetch_end, const T* __restrict slab, int64_t ld, const typename Simd<T>::vec* o,

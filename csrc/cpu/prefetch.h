@@ -9,8 +9,9 @@
 //   - batch conv forward and weight gradient (conv2d_forward.cpp, conv2d_weight_grad.cpp), 512->512 3x3 on
 //     4x4 maps, batch 64: forward 14-16%, and with the weight gradient's, forward+backward 5-10% at 95-98%;
 //     256->512/s2 on 8x8: 2-4%.
-// Where it did not pay it is left out: the plain CSR SpMM (bound by L2 bandwidth, no change) and the batch
-// conv input gradient (5-10% slower: its entries are split into short runs per tap).
+// Where it did not pay it is left out: the plain CSR SpMM (bound by L2 bandwidth: 9-14% slower), the batch
+// conv input gradient (5-10% slower: its entries are split into short runs per tap) and the plane conv
+// forward (slower: its reads are contiguous runs the hardware prefetcher follows).
 #pragma once
 
 #include <cstdint>
