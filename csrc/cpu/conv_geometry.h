@@ -107,8 +107,8 @@ inline int64_t batch_lanes(int64_t n) {
 }
 
 // x (N, C, H, W) -> (C, H + 2·pad_h, W + 2·pad_w, NP), zero borders and zero extra lanes.
-// The transpose runs over the whole (N, C·H·W) matrix (register blocks need 4-16 contiguous columns,
-// which a 4-pixel image row does not have); padding is then a copy of each image row into place.
+// The transpose runs over the whole (N, C·H·W) matrix (float register blocks need 8-16 contiguous
+// columns, which a 4-pixel image row does not have); padding is then a copy of each image row into place.
 template <typename T>
 at::Tensor to_batch_innermost(const at::Tensor& x_nchw, int64_t pad_h, int64_t pad_w) {
   const at::Tensor x = x_nchw.contiguous();

@@ -157,8 +157,8 @@ struct TransposeBlock<double> {
 
 #endif  // __AVX512F__ / __AVX2__
 
-// Register blocks stacked along the rows of one tile, so each destination row segment a tile writes is a
-// whole cache line (one block with AVX-512, two with AVX2).
+// Register blocks stacked along the rows of one tile, so each destination row segment a tile writes is 64
+// contiguous bytes, a whole line when the destination is line-aligned (one block with AVX-512, two with AVX2).
 template <typename T>
 constexpr int64_t blocks_per_tile() {
   constexpr int64_t K = TransposeBlock<T>::kSize;
@@ -171,7 +171,8 @@ template <typename T, bool kBias>
 inline void transpose_rows(const T* __restrict x, int64_t i0, int64_t i1, int64_t cols, int64_t row_stride,
                            int64_t col_stride, T* __restrict out, int64_t out_ld, const T* __restrict bias) {
   constexpr int64_t K = TransposeBlock<T>::kSize;  // 0 where no register transpose exists
-  constexpr int64_t kTile = K > 0 ? K * blocks_per_tile<T>() : 32;
+  constexpr int64_t kScalarTile = 32;  // columns (and, without register blocks, rows) per scalar tile
+  constexpr int64_t kTile = K > 0 ? K * blocks_per_tile<T>() : kScalarTile;
   const auto scalar = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
     for (int64_t j = c0; j < c1; ++j) {
       for (int64_t i = r0; i < r1; ++i) {
@@ -195,7 +196,9 @@ inline void transpose_rows(const T* __restrict x, int64_t i0, int64_t i1, int64_
       }
       scalar(t0 + blocks * K, t1, 0, j0);  // rows below the last whole block
     }
-    for (int64_t c0 = j0; c0 < cols; c0 += 32) scalar(t0, t1, c0, std::min(cols, c0 + 32));  // edges, strided
+    for (int64_t c0 = j0; c0 < cols; c0 += kScalarTile) {  // edges, strided columns, other targets
+      scalar(t0, t1, c0, std::min(cols, c0 + kScalarTile));
+    }
   }
 }
 
