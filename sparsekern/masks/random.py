@@ -1,7 +1,10 @@
-"""Uniform random masks: each weight equally likely to be kept, exactly round((1-sparsity)·n) kept."""
+"""Random pruning: uniform random masks at an exact sparsity, and random scores for any mask builder."""
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from .prunable import resolve_layers
 
 
 def random_mask(shape, sparsity: float, *, generator: torch.Generator | None = None, device=None,
@@ -28,3 +31,19 @@ def random_mask(shape, sparsity: float, *, generator: torch.Generator | None = N
     mask = torch.zeros(numel, dtype=torch.bool)
     mask[order[:kept]] = True
     return mask.view(shape).to(device)
+
+
+def random_scores(model: nn.Module, layers=None, *, seed: int | None = None,
+                  generator: torch.Generator | None = None) -> dict:
+    """Weight name → i.i.d. uniform scores: with ``build_masks`` (scope ``"layer"`` for uniform per-layer
+    sparsity, or a sparsity dict from ``erk_densities`` for ERK) they give random masks at any granularity.
+
+    ``seed`` (or a ``generator``) makes them reproducible; the global RNG is used otherwise.
+    """
+    if seed is not None and generator is not None:
+        raise ValueError("seed, generator: pass one of them, not both")
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    return {name: torch.rand(tuple(layer.mask.shape if hasattr(layer, "mask") else layer.weight.shape),
+                             generator=generator, dtype=torch.float64)
+            for name, layer in resolve_layers(model, layers).items()}
