@@ -9,9 +9,11 @@
 from .builder import build_masks
 from .erk import erk_densities
 from .granularity import GRANULARITIES
+from .lottery import LotteryResult, PruningRound, RoundContext, iterative_magnitude_pruning
 from .magnitude import magnitude_scores
 from .prunable import current_masks, prunable_layers
 from .random import random_mask, random_scores
 
-__all__ = ["build_masks", "erk_densities", "GRANULARITIES", "magnitude_scores", "current_masks", "prunable_layers",
+__all__ = ["build_masks", "erk_densities", "GRANULARITIES", "iterative_magnitude_pruning", "LotteryResult",
+           "PruningRound", "RoundContext", "magnitude_scores", "current_masks", "prunable_layers",
            "random_mask", "random_scores"]
