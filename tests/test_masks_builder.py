@@ -149,7 +149,8 @@ def test_n_m_fixes_the_sparsity():
 
 
 # ------------------------------------------------------------------------------------ current masks
-@pytest.mark.parametrize("granularity,kw", [("unstructured", {}), ("block", {"block_size": 2}), ("n:m", {"n_m": (2, 4)})])
+@pytest.mark.parametrize("granularity,kw", [("unstructured", {}), ("block", {"block_size": 2}),
+                                            ("n:m", {"n_m": (2, 4)})])
 def test_current_masks_stay_pruned(granularity, kw):
     scores = _scores((8, 16), seed=1)
     first = build_masks(scores, 0.5 if granularity != "n:m" else None, granularity=granularity, **kw)
@@ -159,6 +160,16 @@ def test_current_masks_stay_pruned(granularity, kw):
     assert not (second["l0.weight"] & ~first["l0.weight"]).any()
     if granularity == "unstructured":
         assert int(second["l0.weight"].sum()) == 32
+
+
+def test_minus_infinity_is_an_ordinary_score_without_current_masks():
+    # Log-scores may be -inf: ranked last, and kept when the target needs them (no "cannot regrow" error).
+    scores = {"w": torch.tensor([[1.0, -math.inf, -math.inf, 2.0]])}
+    assert build_masks(scores, 0.0)["w"].all()
+    assert build_masks(scores, 0.25)["w"].tolist() == [[True, True, False, True]]
+    nm = build_masks({"w": torch.tensor([[-math.inf, -math.inf, 1.0, -math.inf]])}, None, granularity="n:m",
+                     n_m=(2, 4))
+    assert int(nm["w"].sum()) == 2 and nm["w"][0, 2]
 
 
 def test_pruning_cannot_regrow_weights():
@@ -196,8 +207,10 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
 
 
 def test_bad_scores_raise_clear_errors():
-    with pytest.raises(TypeError, match="scores: expected a non-empty dict"):
+    with pytest.raises(ValueError, match="scores: expected a non-empty dict"):
         build_masks({}, 0.5)
+    with pytest.raises(TypeError, match="scores: expected a dict"):
+        build_masks([torch.ones(2, 2)], 0.5)
     with pytest.raises(TypeError, match="scores: 'w' must be a floating tensor"):
         build_masks({"w": [1.0, 2.0]}, 0.5)
     with pytest.raises(ValueError, match="scores: 'w' contains NaN"):

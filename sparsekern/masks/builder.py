@@ -46,38 +46,44 @@ def build_masks(scores: dict, sparsity, *, scope: str = "global", granularity: s
     granularity, block_size, n_m = check_granularity(granularity, block_size, n_m, reduce)
     if scope not in SCOPES:
         raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
-    if current is not None:
-        scores = _exclude_pruned(scores, current)
+    devices = {name: s.device for name, s in scores.items()}
+    scores = {name: s.detach().to("cpu", torch.float64) for name, s in scores.items()}  # ranking runs on CPU
+    allowed = _allowed_by(current, scores)
     if granularity == "n:m":
-        return _n_m_masks(scores, sparsity, n_m)
+        masks = _n_m_masks(scores, allowed, sparsity, n_m)
+        return {name: m.to(devices[name]) for name, m in masks.items()}
     units = {name: Units(s.shape, granularity, block_size) for name, s in scores.items()}
     unit_scores = {name: units[name].scores(s, reduce) for name, s in scores.items()}
+    unit_allowed = {name: units[name].all_of(allowed[name]) for name in scores}
     sizes = {name: u.sizes() for name, u in units.items()}
     if scope == "global":
-        density = 1.0 - _check_sparsity(sparsity, "sparsity")
+        density = 1.0 - check_sparsity(sparsity, "sparsity")
         names = list(scores)
-        kept = _select(torch.cat([unit_scores[n] for n in names]), torch.cat([sizes[n] for n in names]), density,
-                       "all layers")
+        kept = _select(torch.cat([unit_scores[n] for n in names]), torch.cat([unit_allowed[n] for n in names]),
+                       torch.cat([sizes[n] for n in names]), density, "all layers")
         chunks = dict(zip(names, kept.split([units[n].count for n in names])))
     else:
         per_layer = _per_layer_sparsity(sparsity, scores)
-        chunks = {name: _select(unit_scores[name], sizes[name], 1.0 - per_layer[name], repr(name))
+        chunks = {name: _select(unit_scores[name], unit_allowed[name], sizes[name], 1.0 - per_layer[name],
+                                repr(name))
                   for name in scores}
-    return {name: units[name].expand(chunks[name]).to(scores[name].device) for name in scores}
+    return {name: units[name].expand(chunks[name]).to(devices[name]) for name in scores}
 
 
-def _select(unit_scores: torch.Tensor, sizes: torch.Tensor, density: float, where: str) -> torch.Tensor:
-    """Keep the best units whose weights add up closest to round(density · all weights)."""
+def _select(unit_scores: torch.Tensor, allowed: torch.Tensor, sizes: torch.Tensor, density: float,
+            where: str) -> torch.Tensor:
+    """Keep the best allowed units whose weights add up closest to round(density · all weights)."""
     total = int(sizes.sum())
     target = round(density * total)
     order = torch.sort(unit_scores, descending=True, stable=True).indices
+    order = order[torch.sort(allowed[order].to(torch.uint8), descending=True, stable=True).indices]  # allowed first
     prefix = torch.cat([torch.zeros(1, dtype=torch.int64), sizes[order].cumsum(0)])  # weights kept by n units
     n = int(torch.searchsorted(prefix, torch.tensor([target])).item())  # fewest units reaching the target
     if int(prefix[n]) != target and target - int(prefix[n - 1]) <= int(prefix[n]) - target:
         n -= 1  # one unit fewer comes closer (or as close): stay below
-    available = int((unit_scores > -math.inf).sum())
+    available = int(allowed.sum())
     if n > available:
-        can_keep = int(sizes[order[:available]].sum())
+        can_keep = int(prefix[available])
         raise ValueError(f"sparsity: {where} would keep {int(prefix[n])} of {total} weights, but the current "
                          f"masks keep only {can_keep}; pruning cannot bring weights back")
     kept = torch.zeros(len(unit_scores), dtype=torch.bool)
@@ -85,7 +91,7 @@ def _select(unit_scores: torch.Tensor, sizes: torch.Tensor, density: float, wher
     return kept
 
 
-def _n_m_masks(scores: dict, sparsity, n_m: tuple[int, int]) -> dict:
+def _n_m_masks(scores: dict, allowed: dict, sparsity, n_m: tuple[int, int]) -> dict:
     n, m = n_m
     if sparsity is not None and not math.isclose(float(sparsity), 1.0 - n / m, abs_tol=1e-9):
         raise ValueError(f"sparsity: N:M {n}:{m} fixes the sparsity at {1 - n / m:g}; pass None or that value, "
@@ -93,48 +99,53 @@ def _n_m_masks(scores: dict, sparsity, n_m: tuple[int, int]) -> dict:
     masks = {}
     for name, s in scores.items():
         rows = s.shape[0] if s.dim() else 1
-        flat = s.detach().to(torch.float64).reshape(rows, -1)
+        flat, ok = s.reshape(rows, -1), allowed[name].reshape(rows, -1)
         cols = flat.shape[1]
         groups = -(-cols // m)
-        padded = flat.new_full((rows, groups * m), -math.inf)  # padding sorts last: never kept
+        # Rank within each group: allowed weights first, then by score; padding is never allowed.
+        padded = flat.new_full((rows, groups * m), -math.inf)
         padded[:, :cols] = flat
-        grouped = padded.view(rows, groups, m)
-        best = torch.sort(grouped, dim=2, descending=True, stable=True).indices[:, :, :n]
-        keep = torch.zeros_like(grouped, dtype=torch.bool).scatter_(2, best, True) & (grouped > -math.inf)
+        padded_ok = torch.zeros((rows, groups * m), dtype=torch.bool)
+        padded_ok[:, :cols] = ok
+        grouped, grouped_ok = padded.view(rows, groups, m), padded_ok.view(rows, groups, m)
+        order = torch.sort(grouped, dim=2, descending=True, stable=True).indices
+        order = order.gather(2, torch.sort(grouped_ok.gather(2, order).to(torch.uint8), dim=2, descending=True,
+                                           stable=True).indices)
+        keep = torch.zeros_like(grouped_ok).scatter_(2, order[:, :, :n], True) & grouped_ok
         masks[name] = keep.view(rows, groups * m)[:, :cols].reshape(s.shape).clone()
     return masks
 
 
 def _check_scores(scores) -> dict:
-    if not isinstance(scores, dict) or not scores:
-        raise TypeError(f"scores: expected a non-empty dict of weight name -> score tensor, got "
-                        f"{type(scores).__name__ if not isinstance(scores, dict) else 'an empty dict'}")
+    if not isinstance(scores, dict):
+        raise TypeError(f"scores: expected a dict of weight name -> score tensor, got {type(scores).__name__}")
+    if not scores:
+        raise ValueError("scores: expected a non-empty dict of weight name -> score tensor, got an empty dict")
     for name, s in scores.items():
         if not isinstance(s, torch.Tensor) or not (s.is_floating_point() or s.dtype == torch.bool):
             raise TypeError(f"scores: {name!r} must be a floating tensor, got "
                             f"{type(s).__name__ if not isinstance(s, torch.Tensor) else s.dtype}")
         if bool(torch.isnan(s).any()):
             raise ValueError(f"scores: {name!r} contains NaN; a scorer failed (check the model and data)")
-    return {name: s.float() if s.dtype == torch.bool else s for name, s in scores.items()}
+    return scores
 
 
-def _exclude_pruned(scores: dict, current: dict) -> dict:
+def _allowed_by(current, scores: dict) -> dict:
+    """Weight name → bool: the weights a new mask may keep (all, or those ``current`` keeps)."""
+    if current is None:
+        return {name: torch.ones(s.shape, dtype=torch.bool) for name, s in scores.items()}
     if not isinstance(current, dict):
         raise TypeError(f"current: expected a dict of weight name -> bool mask, got {type(current).__name__}")
-    out = {}
-    for name, s in scores.items():
-        if name not in current:
-            out[name] = s
-            continue
-        mask = check_mask(current[name], f"current[{name!r}]", shape=s.shape).to(s.device)
-        out[name] = s.masked_fill(~mask, -math.inf)
     unknown = sorted(set(current) - set(scores))
     if unknown:
         raise KeyError(f"current: masks for weights that have no scores: {unknown[:5]}")
-    return out
+    return {name: (check_mask(current[name], f"current[{name!r}]", shape=s.shape).cpu() if name in current
+                   else torch.ones(s.shape, dtype=torch.bool))
+            for name, s in scores.items()}
 
 
-def _check_sparsity(value, name: str) -> float:
+def check_sparsity(value, name: str = "sparsity") -> float:
+    """``value`` as a float in [0, 1) (the sparsities masks are built at), or a clear error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number in [0, 1), got {type(value).__name__}")
     if not 0.0 <= float(value) < 1.0:
@@ -149,6 +160,6 @@ def _per_layer_sparsity(sparsity, scores: dict) -> dict:
         if missing or extra:
             raise KeyError(f"sparsity: the dict must name exactly the scored weights; missing {missing[:5]}, "
                            f"unknown {extra[:5]}")
-        return {n: _check_sparsity(sparsity[n], f"sparsity[{n!r}]") for n in scores}
-    value = _check_sparsity(sparsity, "sparsity")
+        return {n: check_sparsity(sparsity[n], f"sparsity[{n!r}]") for n in scores}
+    value = check_sparsity(sparsity, "sparsity")
     return {n: value for n in scores}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .builder import check_sparsity
+
 
 def erk_densities(shapes: dict, sparsity: float, *, power: float = 1.0) -> dict:
     """Weight name → density in (0, 1] for the weight shapes in ``shapes`` at overall ``sparsity``.
@@ -17,8 +19,7 @@ def erk_densities(shapes: dict, sparsity: float, *, power: float = 1.0) -> dict:
     """
     if not isinstance(shapes, dict) or not shapes:
         raise TypeError("shapes: expected a non-empty dict of weight name -> shape")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity: expected a number in [0, 1), got {sparsity!r}")
+    sparsity = check_sparsity(sparsity)
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     if any(size == 0 for size in sizes.values()):
         raise ValueError(f"shapes: empty weights have no density: {[n for n, s in sizes.items() if s == 0]}")

@@ -63,11 +63,16 @@ class Units:
             total = tiles.square().sum(dim=(1, 3)).sqrt()
         else:
             total = tiles.sum(dim=(1, 3))
-        # A -inf element (a weight that must stay pruned) makes its whole unit -inf: padding cannot hide it.
-        excluded = self._tiles(torch.isneginf(s), False).any(dim=(1, 3))
         if reduce == "mean":
             total = total / self.sizes().view(self.grid).to(total.dtype)
-        return total.masked_fill(excluded, -math.inf).flatten()
+        return total.flatten()
+
+    def all_of(self, element_flags: torch.Tensor) -> torch.Tensor:
+        """Per unit: are all its weights flagged (a unit may be kept only if every weight of it may)."""
+        flags = element_flags.reshape(self.view)
+        if self.block == (1, 1):
+            return flags.flatten().clone()
+        return self._tiles(flags, True).all(dim=(1, 3)).flatten()
 
     def expand(self, kept_units: torch.Tensor) -> torch.Tensor:
         """Bool element mask of the weight's shape from a bool vector over the units."""

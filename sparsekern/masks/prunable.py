@@ -29,10 +29,13 @@ def prunable_layers(model: nn.Module, layers: str | Iterable[str] = "all", *, ke
             (``"fc.weight"``) to choose them yourself; every name must be a prunable layer's weight.
         keep_first_conv_dense: leave out the first Conv2d in module order (the stem, which sees the image).
         keep_classifier_dense: leave out the last Linear in module order (the classifier).
+
+    "Module order" is the order the layers were registered (``model.named_modules()``), which is the order
+    they run in for the usual models; for a model that defines its head before its body, name the layers.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    found = {_weight_name(name): module for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
+    found = {weight_name(name): module for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers: expected 'all' or a list of weight names like 'fc.weight', got {layers!r}")
@@ -44,8 +47,9 @@ def prunable_layers(model: nn.Module, layers: str | Iterable[str] = "all", *, ke
                 raise TypeError(f"layers: expected weight names (str), got {type(name).__name__}")
             if name not in found:
                 raise KeyError(f"layers: {name!r} is not the weight of a Linear or Conv2d layer of the model; "
-                               f"its prunable weights are {_preview(found)}")
-        chosen = {name: found[name] for name in found if name in set(names)}
+                               f"its prunable weights are {preview_names(found)}")
+        wanted = set(names)
+        chosen = {name: found[name] for name in found if name in wanted}
     if keep_first_conv_dense:
         first_conv = next((name for name, module in found.items() if isinstance(module, _CONV_TYPES)), None)
         chosen.pop(first_conv, None)
@@ -61,7 +65,7 @@ def resolve_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
     if layers is None:
         return prunable_layers(model)
     if isinstance(layers, dict):
-        modules = {_weight_name(name): module for name, module in model.named_modules()}
+        modules = {weight_name(name): module for name, module in model.named_modules()}
         for name, module in layers.items():
             if modules.get(name) is not module:
                 raise KeyError(f"layers: {name!r} does not name that layer in this model; build the dict with "
@@ -78,16 +82,23 @@ def weight_of(layer: nn.Module) -> torch.Tensor:
 
 
 def current_masks(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """The masks the layers hold now: a sparse layer's own mask, all-True for a dense layer."""
-    return {name: (layer.mask.clone() if isinstance(layer, (SparseLinear, SparseConv2d))
-                   else torch.ones_like(layer.weight, dtype=torch.bool))
-            for name, layer in layers.items()}
+    """The masks the layers hold now: a sparse layer's own mask, the ``weight_mask`` that
+    ``torch.nn.utils.prune`` leaves on a pruned layer, and all-True for any other dense layer."""
+    masks = {}
+    for name, layer in layers.items():
+        if isinstance(layer, (SparseLinear, SparseConv2d)):
+            masks[name] = layer.mask.clone()
+        elif isinstance(getattr(layer, "weight_mask", None), torch.Tensor):
+            masks[name] = layer.weight_mask.detach() != 0
+        else:
+            masks[name] = torch.ones_like(layer.weight, dtype=torch.bool)
+    return masks
 
 
-def _weight_name(module_name: str) -> str:
+def weight_name(module_name: str) -> str:
     return f"{module_name}.weight" if module_name else "weight"
 
 
-def _preview(found: dict) -> str:
+def preview_names(found: dict) -> str:
     names = list(found)
     return str(names[:8])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 8 else "]")

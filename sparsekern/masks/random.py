@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .prunable import resolve_layers
+from .prunable import resolve_layers, weight_of
 
 
 def random_mask(shape, sparsity: float, *, generator: torch.Generator | None = None, device=None,
@@ -44,6 +44,8 @@ def random_scores(model: nn.Module, layers=None, *, seed: int | None = None,
         raise ValueError("seed, generator: pass one of them, not both")
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
-    return {name: torch.rand(tuple(layer.mask.shape if hasattr(layer, "mask") else layer.weight.shape),
-                             generator=generator, dtype=torch.float64)
-            for name, layer in resolve_layers(model, layers).items()}
+    scores = {}
+    for name, layer in resolve_layers(model, layers).items():
+        weight = weight_of(layer)  # drawn on the CPU (the generator's device), then moved to the weight's
+        scores[name] = torch.rand(tuple(weight.shape), generator=generator, dtype=torch.float64).to(weight.device)
+    return scores
