@@ -109,6 +109,12 @@ def main(argv=None) -> int:
                       f"{statistics.median(r['scoring_s'] for r in mine):.2f}"])
     headers = ["method", "test acc (mean)", "per seed", *(k[len("density_"):] for k in layer_names),
                "masks (s, median)"]
+    collapsed = []
+    for method in args.methods:
+        empty = sorted({k[len("density_"):] for r in rows if r["method"] == method for k in layer_names if r[k] == 0})
+        if empty:
+            collapsed.append(f"**{method}** pruned whole layers ({', '.join(empty)}): layer collapse, the "
+                             f"network can only output a constant.")
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "mask_methods_digits.csv", rows, list(rows[0].keys()))
@@ -120,6 +126,7 @@ def main(argv=None) -> int:
         markdown_table(headers, table, "l" + "r" * (len(headers) - 1)),
         "Densities are of each layer's weights (the overall density is the same for every method). "
         "Scores for SNIP and GraSP use the first 1024 training digits in 8 batches; SynFlow runs 100 rounds.",
+        *collapsed,
     ]) + "\n"
     (out / "mask_methods_digits.md").write_text(text)
     print(text)
