@@ -9,11 +9,14 @@ Quick start::
 """
 from . import _ops  # noqa: F401  (defines the sparsekern:: ops before the extension registers kernels)
 from . import masks  # noqa: F401  (sparsekern.masks.random_mask without a separate import)
+from . import models  # noqa: F401  (sparsekern.models.create)
+from . import recipe  # noqa: F401  (sparsekern.recipe.ToST)
 from ._extension import AVAILABLE as extension_available
 from .layout import BSRLayout, CSRLayout
 from .nn import SparseConv2d, SparseLinear, sparsify
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "CSRLayout", "BSRLayout", "masks", "extension_available",
+__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "CSRLayout", "BSRLayout", "masks", "models", "recipe",
+           "extension_available",
            "__version__"]

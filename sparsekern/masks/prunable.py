@@ -2,7 +2,8 @@
 
 Every scorer and mask builder names weights the way ``sparsify`` does: the parameter name of a layer's
 weight (``"layer1.0.conv1.weight"``). The prunable layers are ``nn.Linear``, ``nn.Conv2d`` and our sparse
-versions of them (a sparse layer's weight is its ``dense_weight()``, zeros at pruned positions).
+versions of them (a sparse layer's weight is its ``dense_weight()``, zeros at pruned positions), except the
+training recipe's ghost-skip branches, which stay dense (sparsekern.recipe.ghost_skips).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..models.ghost_sites import GhostSites
 from ..nn.conv import SparseConv2d
 from ..nn.linear import SparseLinear
 
@@ -35,7 +37,9 @@ def prunable_layers(model: nn.Module, layers: str | Iterable[str] = "all", *, ke
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    found = {weight_name(name): module for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
+    ghosts = _ghost_branch_modules(model)  # the recipe's ghost skips are dense by design: never pruned
+    found = {weight_name(name): module for name, module in model.named_modules()
+             if isinstance(module, PRUNABLE_TYPES) and id(module) not in ghosts}
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers: expected 'all' or a list of weight names like 'fc.weight', got {layers!r}")
@@ -93,6 +97,16 @@ def current_masks(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         else:
             masks[name] = torch.ones_like(layer.weight, dtype=torch.bool)
     return masks
+
+
+def _ghost_branch_modules(model: nn.Module) -> set:
+    branches = set()
+    for block in model.modules():
+        if isinstance(block, GhostSites):
+            for site in block.ghost_sites:
+                if block._modules[site] is not None:
+                    branches.update(id(m) for m in block._modules[site].modules())
+    return branches
 
 
 def weight_name(module_name: str) -> str:
