@@ -14,6 +14,7 @@ import sparsekern
 from sparsekern.masks import prunable_layers, random_mask
 from sparsekern.models.ghost_sites import GhostSites
 from sparsekern.recipe import (GhostActivation, LabelSmoothingLoss, Schedule, ToST, add_ghost_neurons,
+                               drop_removed_parameters,
                                add_ghost_skips, count_ghost_skips, label_smoothing_loss, remove_ghost_neurons,
                                remove_ghost_skips, set_ghost_skip_alpha)
 
@@ -172,6 +173,25 @@ def test_tost_fades_and_removes_the_ghosts_and_finalizes_to_the_plain_sparse_net
     for name, layer in prunable_layers(final).items():
         if name in masks:
             assert bool((layer.dense_weight()[~masks[name]] == 0).all())
+
+
+def test_drop_removed_parameters_keeps_the_others_momentum():
+    model = _net()
+    recipe = ToST("tost", init=None)
+    model = recipe.prepare(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    recipe.loss(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+    opt.step()
+    before = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters() if p in opt.state}
+    n_params = len(list(model.parameters()))
+    assert recipe.step(0.5)  # ghost skips removed
+    assert drop_removed_parameters(opt, model) == n_params - len(list(model.parameters())) > 0
+    kept = [p for g in opt.param_groups for p in g["params"]]
+    assert {id(p) for p in kept} == {id(p) for p in model.parameters()} and len(opt.state) == len(kept)
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], before[id(p)]) for p in kept)
+    opt.zero_grad()
+    recipe.loss(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+    opt.step()
 
 
 def test_none_preset_is_default_training_with_the_masks():

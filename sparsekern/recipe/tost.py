@@ -5,8 +5,9 @@ over any model and any mask, each part switchable so an ablation is one flag.
     recipe = ToST("tost")                       # or "paper-code", "none", or switches: ToST(ghost_skips=False)
     model = recipe.prepare(model, masks, data)  # sparsify with the masks, add ghosts, initialise
     for it in range(iterations):
-        recipe.step(it / iterations)            # schedules; faded ghosts are removed (rebuild the optimizer
-        loss = recipe.loss(model(x), y)         #   when recipe.step returns True)
+        if recipe.step(it / iterations):        # schedules; faded ghosts are removed, and then
+            drop_removed_parameters(optimizer, model)   # the optimizer lets go of their parameters
+        loss = recipe.loss(model(x), y)
         ...
     model = recipe.finalize(model)              # the plain sparse network: no ghosts, plain ReLUs
 
@@ -188,6 +189,21 @@ class ToST:
         self._neurons_removed = self._skips_removed = False
         if model is not None:
             self.step(float(state["progress"]), model)
+
+
+def drop_removed_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Take the parameters that are no longer in ``model`` (removed ghost branches) out of ``optimizer``,
+    keeping every other parameter's state (momentum, Adam moments); returns how many were dropped.
+    The alternative, a new optimizer, would restart the momentum of every weight."""
+    live = {id(p) for p in model.parameters()}
+    dropped = 0
+    for group in optimizer.param_groups:
+        kept = [p for p in group["params"] if id(p) in live]
+        dropped += len(group["params"]) - len(kept)
+        group["params"] = kept
+    for p in [p for p in optimizer.state if id(p) not in live]:
+        del optimizer.state[p]
+    return dropped
 
 
 def _check_config(c: RecipeConfig) -> None:
