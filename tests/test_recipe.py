@@ -270,6 +270,19 @@ def test_tost_bad_arguments():
     recipe.step(0.5)
     with pytest.raises(ValueError, match="progress: expected a value >= the last one"):
         recipe.step(0.2)
+    with pytest.raises(RuntimeError, match="load_state_dict: call prepare"):
+        ToST("tost").load_state_dict({"progress": 0.5, "neurons_removed": True, "skips_removed": True})
+    with pytest.raises(KeyError, match="state: missing 'progress'"):
+        recipe.load_state_dict({})
+
+
+def test_one_recipe_object_can_prepare_a_second_model():
+    recipe = ToST("tost", init=None)
+    first = recipe.prepare(_net())
+    recipe.step(0.5)  # ghosts of the first model removed
+    assert count_ghost_skips(first) == 0
+    second = recipe.prepare(_net(seed=1))
+    assert count_ghost_skips(second) == 4 and recipe.alphas() == {"ghost_neurons": 1.0, "ghost_skips": 1.0}
 
 
 def test_tost_on_a_model_of_the_zoo_ends_as_the_plain_sparse_model():

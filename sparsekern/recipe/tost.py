@@ -92,6 +92,8 @@ class ToST:
         if c.init == "gradinit" and data is None:
             raise ValueError("data: the 'gradinit' init needs batches of (inputs, targets) (an iterable such as a "
                              "DataLoader); pass data=..., or choose init='fan_in' or init=None")
+        self.progress = 0.0  # a recipe object may prepare a second model: its schedules start again
+        self._neurons_removed = self._skips_removed = False
         if masks:
             model = sparsify(model, masks)
         if c.ghost_neurons:
@@ -185,10 +187,12 @@ class ToST:
             if key not in state:
                 raise KeyError(f"state: missing {key!r}; expected a dict from ToST.state_dict()")
         model = model if model is not None else self._model
+        if model is None:
+            raise RuntimeError("load_state_dict: call prepare(model, ...) first (the state says which ghosts "
+                               "to remove from that model), or pass model=...")
         self.progress = 0.0
         self._neurons_removed = self._skips_removed = False
-        if model is not None:
-            self.step(float(state["progress"]), model)
+        self.step(float(state["progress"]), model)
 
 
 def drop_removed_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
