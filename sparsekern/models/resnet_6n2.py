@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet_cifar import BasicBlock
+from .resnet_cifar import BasicBlock, kaiming_conv_init_
 
 
 class ZeroPadShortcut(nn.Module):
@@ -59,9 +59,7 @@ class ResNet6n2(nn.Module):
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_conv_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

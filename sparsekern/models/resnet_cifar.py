@@ -97,9 +97,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_conv_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -117,3 +115,10 @@ def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
 
 def resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+
+
+def kaiming_conv_init_(model: nn.Module) -> None:
+    """He et al.'s init for every conv (normal, fan_out, ReLU gain), as the ResNet papers use it."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
