@@ -1,6 +1,6 @@
-"""``python -m sparsekern`` runs the demo (see ``sparsekern/demo.py``)."""
+"""``python -m sparsekern``: the ``sparsekern`` command (train, compare, demo; see ``sparsekern/cli.py``)."""
 import sys
 
-from .demo import main
+from .cli import main
 
 sys.exit(main())

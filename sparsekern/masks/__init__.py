@@ -16,6 +16,7 @@ from .grasp import grasp_saliency, grasp_scores
 from .io import load_masks, masks_from_torch_prune, masks_from_zeros, masks_to_torch_prune, save_masks
 from .lottery import LotteryResult, PruningRound, RoundContext, iterative_magnitude_pruning
 from .magnitude import magnitude_scores
+from .methods import MASK_METHODS, compute_masks
 from .prunable import current_masks, prunable_layers
 from .random import random_mask, random_scores
 from .report import MaskReport, mask_report
@@ -27,5 +28,5 @@ __all__ = [
     "magnitude_scores", "random_scores", "random_mask", "erk_densities", "snip_scores", "grasp_scores",
     "grasp_saliency", "synflow_scores", "synflow_masks", "iterative_magnitude_pruning", "LotteryResult",
     "PruningRound", "RoundContext", "save_masks", "load_masks", "masks_from_torch_prune", "masks_to_torch_prune",
-    "masks_from_zeros", "mask_report", "MaskReport",
+    "masks_from_zeros", "mask_report", "MaskReport", "MASK_METHODS", "compute_masks",
 ]

@@ -1,0 +1,1 @@
+"""Training harness: the training loop, checkpoints, metrics, distributed launch and the compare sweep."""
