@@ -42,27 +42,15 @@ def parse_args(argv=None):
 
 
 def build_masks_for(method, dense, sparsity, seed, data, masks):
-    """The masks ``method`` gives the dense network (None for the dense baseline)."""
-    loader = [(data.x_train[i:i + 128], data.y_train[i:i + 128]) for i in range(0, 1024, 128)]
+    """The masks ``method`` gives the dense network (None for the dense baseline), by
+    ``sparsekern.masks.compute_masks`` (each method's own scope: per layer for the random ones)."""
     if method == "dense":
         return None
-    if method == "random":
-        return masks.build_masks(masks.random_scores(dense, seed=seed), sparsity, scope="layer")
-    if method == "random-erk":
-        shapes = {n: tuple(layer.weight.shape) for n, layer in masks.prunable_layers(dense).items()}
-        per_layer = {n: 1.0 - d for n, d in masks.erk_densities(shapes, sparsity).items()}
-        return masks.build_masks(masks.random_scores(dense, seed=seed), per_layer, scope="layer")
-    if method == "magnitude":
-        return masks.build_masks(masks.magnitude_scores(dense), sparsity)
-    if method == "magnitude-block4":
-        return masks.build_masks(masks.magnitude_scores(dense), sparsity, granularity="block", block_size=4)
-    if method == "snip":
-        return masks.build_masks(masks.snip_scores(dense, loader, batches=len(loader)), sparsity)
-    if method == "grasp":
-        return masks.build_masks(masks.grasp_scores(dense, loader, batches=len(loader)), sparsity)
-    if method == "synflow":
-        return masks.synflow_masks(dense, sparsity, (data.in_features,), rounds=100)
-    raise ValueError(f"method: unknown {method!r}")
+    loader = [(data.x_train[i:i + 128], data.y_train[i:i + 128]) for i in range(0, 1024, 128)]
+    name, extra = {"random-erk": ("erk", {}),
+                   "magnitude-block4": ("magnitude", {"granularity": "block", "block_size": 4})}.get(method, (method, {}))
+    return masks.compute_masks(name, dense, sparsity, data=loader, batches=len(loader),
+                               input_shape=(data.in_features,), seed=seed, **extra)
 
 
 def main(argv=None) -> int:

@@ -48,14 +48,8 @@ def parse_args(argv=None):
 
 
 def make_masks(method, model, sparsity, seed, loader, image_size, masks):
-    layers = masks.prunable_layers(model)
-    if method == "random":
-        return masks.build_masks(masks.random_scores(model, layers, seed=seed), sparsity, scope="layer")
-    if method == "synflow":
-        return masks.synflow_masks(model, sparsity, (1, image_size, image_size), layers=layers)
-    if method == "snip":
-        return masks.build_masks(masks.snip_scores(model, loader, batches=len(loader), layers=layers), sparsity)
-    return masks.build_masks(masks.magnitude_scores(model, layers), sparsity)
+    return masks.compute_masks(method, model, sparsity, data=loader, batches=len(loader),
+                               input_shape=(1, image_size, image_size), seed=seed)
 
 
 def main(argv=None) -> int:

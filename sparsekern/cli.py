@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -73,8 +74,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     dataset = given.get("dataset", file_values.get("dataset", TrainConfig.dataset))
     config = TrainConfig()
-    config.update(DATASET_DEFAULTS.get(dataset, {}), source=f"{dataset} defaults")
-    config.update(file_values, source=f"config file {args.config!r}")
+    config.update(DATASET_DEFAULTS.get(dataset, {}), source=f"{dataset} defaults", validate=False)
+    config.update(file_values, source=f"config file {args.config!r}", validate=False)
     return config.update(given, source="command line")
 
 
@@ -113,7 +114,11 @@ def run_compare(args) -> int:
     root = base.out or f"runs/compare-{base.model}-{base.dataset}"
     runs = sweep_configs(base, masks=masks, sparsities=sparsities, recipes=recipes, seeds=seeds, dense=args.dense,
                          root=root)
-    results = run_sweep(runs, root, progress=base.progress, verbose=args.verbose)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone reports
+    results = run_sweep(runs, root, progress=base.progress and main_process, verbose=args.verbose,
+                        log=print if main_process else (lambda *a, **k: None))
+    if not main_process:
+        return 0
     title = (f"{base.model} on {base.dataset}: default training vs the recipe, {base.epochs} epochs, "
              f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
     paths = write_report(results, root, title=title)
@@ -138,3 +143,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"sparsekern {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # joined by the first run under torchrun
+            dist.destroy_process_group()

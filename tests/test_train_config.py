@@ -93,3 +93,28 @@ def test_help_explains_every_setting(capsys):
                  "--config", "--threads", "--backend"):
         assert flag in text
     assert "182 epochs" in text
+
+
+def test_settings_are_validated_once_after_every_layer(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("granularity: block\n")
+    c = parse("--config", str(path), "--block-size", "4")  # the file alone would be incomplete
+    assert (c.granularity, c.block_size) == ("block", 4)
+
+
+def test_yaml_reads_numbers_as_yaml_1_2(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("granularity: n:m\nn_m: 2:4\nlr: 1e-3\nweight_decay: 5e-4\nepochs: 3\n")
+    c = parse("--config", str(path))
+    assert c.n_m == "2:4" and c.n_m_pair() == (2, 4) and c.lr == 1e-3 and c.weight_decay == 5e-4 and c.epochs == 3
+
+
+@pytest.mark.parametrize("settings, error, message", [
+    ({"epochs": None}, TypeError, "epochs"), ({"seed": None}, TypeError, "seed"),
+    ({"granularity": "n:m", "n_m": "2-4"}, ValueError, "n_m"), ({"n_m": "4:2"}, ValueError, "n_m"),
+    ({"block_size": 0}, ValueError, "block_size"), ({"masks_file": "/no/such/masks.pt"}, FileNotFoundError,
+                                                    "masks_file"),
+])
+def test_more_bad_settings(settings, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig.from_dict(settings)

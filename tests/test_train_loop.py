@@ -160,3 +160,28 @@ def test_compare_sweep_table_and_skip(tmp_path, capsys):
     assert all((root / d / "curves.png").is_file() for d in runs)
     assert main(args) == 0  # everything finished: nothing retrained
     assert "(6 already finished)" in capsys.readouterr().out
+
+
+def test_no_validation_split_selects_the_last_epoch(tmp_path, monkeypatch):
+    import sparsekern.data as data_module
+    from sparsekern.data import Split
+
+    real = data_module.load_dataset
+
+    def without_val(*args, **kwargs):
+        d = real(*args, **kwargs)
+        d.val = Split(d.val.images[:0], d.val.labels[:0])
+        return d
+
+    monkeypatch.setattr(data_module, "load_dataset", without_val)
+    lines = []
+    result = train(quick(tmp_path, epochs=2), log=lines.append)
+    assert result["best_val_acc"] is None and result["best_epoch"] == 2
+    assert result["selected_by"].startswith("last epoch") and result["test_acc"] == result["final_test_acc"]
+    assert any("no validation split" in line for line in lines)
+
+
+def test_a_last_batch_of_one_is_dropped(tmp_path):
+    lines = []
+    train(quick(tmp_path, batch_size=157), log=lines.append)  # 1,257 = 8 × 157 + 1
+    assert any("last batch of 1" in line for line in lines)

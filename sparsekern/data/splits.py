@@ -60,19 +60,21 @@ class ImageData:
     flip: bool
 
     def loaders(self, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu",
-                eval_batch_size: int | None = None, augment: bool = True):
+                eval_batch_size: int | None = None, augment: bool = True, train_drop_last: bool = False):
         """``(train_loader, val_loader, test_loader)``.
 
         Train: shuffled, augmented with this dataset's crop/flip (when ``augment``) and sharded over
         ``world_size`` ranks. Val and test: in order, never augmented, not sharded: every rank evaluates the
         whole split (small enough, and no cross-rank reduction can go wrong). ``eval_batch_size`` defaults to
-        ``max(batch_size, 256)``.
+        ``max(batch_size, 256)``. ``train_drop_last`` drops each rank's last, smaller training batch (a
+        batch of one image breaks BatchNorm).
         """
         if eval_batch_size is None:
             eval_batch_size = max(batch_size, EVAL_BATCH_SIZE) if isinstance(batch_size, int) else batch_size
         common = dict(mean=self.mean, std=self.std, device=device)
         train = BatchLoader(self.train, batch_size, shuffle=True, augment=augment, crop_padding=self.crop_padding,
-                            flip=self.flip, seed=seed, rank=rank, world_size=world_size, **common)
+                            flip=self.flip, seed=seed, rank=rank, world_size=world_size, drop_last=train_drop_last,
+                            **common)
         val = BatchLoader(self.val, eval_batch_size, **common)
         test = BatchLoader(self.test, eval_batch_size, **common)
         return train, val, test

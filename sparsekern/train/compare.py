@@ -41,8 +41,9 @@ def run_sweep(runs: list, root: str, *, log=print, progress: bool = True, verbos
         bar.set_postfix_str(config.run_name())
         quiet = replace(config, progress=progress and verbose)
         result = train(quiet, log=log if verbose else (lambda *a, **k: None))
-        log(f"  {config.run_name()}: test {result['test_acc']:.4f} (best val epoch {result['best_epoch']}), "
-            f"{result['seconds_per_epoch']:.2f} s/epoch")
+        if result["test_acc"] is not None:  # None on the ranks other than 0 under torchrun
+            log(f"  {config.run_name()}: test {result['test_acc']:.4f} (best val epoch {result['best_epoch']}), "
+                f"{result['seconds_per_epoch']:.2f} s/epoch")
     wanted = {os.path.abspath(c.run_dir()) for c in runs}
     return [r for r in load_results(root) if os.path.abspath(r["run_dir"]) in wanted]
 

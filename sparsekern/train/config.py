@@ -60,11 +60,11 @@ class TrainConfig:
     # recipe
     recipe: str = _opt("none", "training recipe: none (default training), tost (the paper's recipe, ghosts "
                                "fading out), paper-code (as the official code: ghosts kept)", "recipe", RECIPES)
-    ghost_neurons: bool | None = _opt(None, "ghost soft neurons on/off (default: the recipe's)", "recipe")
-    ghost_skips: bool | None = _opt(None, "ghost skip connections on/off (default: the recipe's)", "recipe")
+    ghost_neurons: bool | None = _opt(None, "ghost soft neurons on/off", "recipe")
+    ghost_skips: bool | None = _opt(None, "ghost skip connections on/off", "recipe")
     init: str = _opt("default", "sparsity-aware init: default (the recipe's), fan_in, gradinit", "recipe",
                      INITS)
-    label_smoothing: bool | None = _opt(None, "label smoothing on/off (default: the recipe's)", "recipe")
+    label_smoothing: bool | None = _opt(None, "label smoothing on/off", "recipe")
     epsilon: float = _opt(0.1, "label smoothing ε (spread as ε/(C−1) over the wrong classes)", "recipe",
                           metavar="E")
     ghost_fraction: float = _opt(0.3, "fraction of training over which tost's ghosts fade out", "recipe",
@@ -92,6 +92,8 @@ class TrainConfig:
                            "run", metavar="DIR")
     resume: bool = _opt(False, "continue from the run folder's last checkpoint", "run")
     progress: bool = _opt(True, "progress bars", "run")
+    deterministic: bool = _opt(False, "deterministic GPU kernels (cuDNN, cuBLAS) so that a resumed GPU run "
+                                      "matches an uninterrupted one; CPU runs are deterministic anyway", "run")
 
     # --------------------------------------------------------------------------------------------------
     def run_name(self) -> str:
@@ -106,6 +108,16 @@ class TrainConfig:
             return [int(m) for m in self.milestones.split(",") if m.strip()]
         return [max(1, round(f * self.epochs)) for f in PAPER_MILESTONES]
 
+    def n_m_pair(self) -> tuple[int, int]:
+        parts = str(self.n_m).split(":")
+        try:
+            n, m = (int(p) for p in parts)
+        except ValueError:
+            n = m = 0
+        if len(parts) != 2 or not 0 < n <= m:
+            raise ValueError(f"n_m: expected N:M with 0 < N <= M, e.g. 2:4, got {self.n_m!r}")
+        return n, m
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -115,14 +127,18 @@ class TrainConfig:
         config.update(values, source=source)
         return config
 
-    def update(self, values: dict, *, source: str = "config") -> "TrainConfig":
+    def update(self, values: dict, *, source: str = "config", validate: bool = True) -> "TrainConfig":
+        """Set the fields in ``values`` (names with - or _); strings that spell a number are read as one
+        for numeric fields (YAML reads ``1e-3`` as a string). Validates the result unless told not to (when
+        several layers of settings are applied in a row, validate once at the end)."""
         known = {f.name: f for f in fields(self)}
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
                 raise ValueError(f"{source}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
-            setattr(self, name, value)
-        self.validate()
+            setattr(self, name, _coerce(value, _base_type(known[name])))
+        if validate:
+            self.validate()
         return self
 
     def validate(self) -> None:
@@ -132,6 +148,8 @@ class TrainConfig:
             if choices and value is not None and value not in choices:
                 raise ValueError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}")
             expected = _base_type(f)
+            if value is None and "None" not in str(f.type):
+                raise TypeError(f"{f.name}: expected {expected.__name__}, got None")
             if value is not None and not _is(value, expected):
                 raise TypeError(f"{f.name}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
         if not 0.0 <= self.sparsity < 1.0:
@@ -147,6 +165,12 @@ class TrainConfig:
             raise ValueError("block_size: --granularity block needs --block-size")
         if self.granularity == "n:m" and not self.n_m:
             raise ValueError("n_m: --granularity n:m needs --n-m, e.g. 2:4")
+        if self.n_m is not None:
+            self.n_m_pair()
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size: expected a positive integer, got {self.block_size}")
+        if self.masks_file is not None and not os.path.isfile(self.masks_file):
+            raise FileNotFoundError(f"masks_file: no such file {self.masks_file!r}")
         if self.milestones:
             try:
                 self.milestone_epochs()
@@ -163,6 +187,15 @@ def _base_type(f) -> type:
         if annotation.startswith(name):
             return kind
     return type(default)
+
+
+def _coerce(value, expected: type):
+    if isinstance(value, str) and expected in (int, float):
+        try:
+            return expected(value)
+        except ValueError:
+            return value  # validate() names the field and the value
+    return value
 
 
 def _is(value, expected: type) -> bool:
@@ -184,7 +217,7 @@ def load_config_file(path: str) -> dict:
         import yaml
 
         try:
-            values = yaml.safe_load(text)
+            values = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             raise ValueError(f"config: {path!r} is not valid YAML: {e}") from None
     else:
@@ -197,6 +230,28 @@ def load_config_file(path: str) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"config: {path!r} must hold a mapping of settings, got {type(values).__name__}")
     return values
+
+
+def _yaml_loader():
+    """PyYAML's safe loader with YAML 1.2's plain numbers: PyYAML follows YAML 1.1, which reads ``2:4`` (an
+    N:M pattern) as the base-60 integer 124 and ``1e-3`` (no dot) as a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+        list("-+0123456789."))
+    return Loader
 
 
 # --------------------------------------------------------------------------------------------- argparse
@@ -216,8 +271,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple = ()) -
         help_text = f"{f.metadata['help']} (default: {shown})"
         kind = _base_type(f)
         if kind is bool:
-            groups[group].add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                       help=help_text)
+            action = groups[group].add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                                default=None, help=help_text)
+            action.help = help_text  # some Pythons append their own "(default: None)"
         else:
             groups[group].add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata["choices"],
                                        metavar=f.metadata["metavar"], help=help_text)
@@ -228,7 +284,7 @@ def config_from_args(args: argparse.Namespace, *, file_key: str = "config") -> T
     config = TrainConfig()
     path = getattr(args, file_key, None)
     if path:
-        config.update(load_config_file(path), source=f"config file {path!r}")
+        config.update(load_config_file(path), source=f"config file {path!r}", validate=False)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     return config.update(given, source="command line")

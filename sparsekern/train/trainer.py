@@ -41,11 +41,7 @@ KILL_AFTER_STEPS_ENV = "SPARSEKERN_FAULT_KILL_AFTER_STEPS"
 def train(config: TrainConfig, *, log=None) -> dict:
     """Run (or, with ``config.resume``, continue) one training; returns the result dict of ``result.json``."""
     config.validate()
-    run = _Run(config, log)
-    try:
-        return run.execute()
-    finally:
-        run.dist.close()
+    return _Run(config, log).execute()  # under torchrun the process group stays up for the next run
 
 
 class _Run:
@@ -60,6 +56,11 @@ class _Run:
         self.log = log if log is not None else (print if self.dist.is_main else (lambda *a, **k: None))
         self.dir = config.run_dir()
         self.kill_after = int(os.environ.get(KILL_AFTER_STEPS_ENV, "0"))
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ---------------------------------------------------------------------------------------- set-up
     def execute(self) -> dict:
@@ -71,26 +72,26 @@ class _Run:
             with open(os.path.join(self.dir, RESULT), encoding="utf-8") as f:
                 return json.load(f)
         checkpoint = self._previous_checkpoint()
-        if self.dist.is_main:
+        if self.dist.is_main and checkpoint is None:  # a resumed run keeps the config.json it started with
             os.makedirs(self.dir, exist_ok=True)
             _write_json(os.path.join(self.dir, CONFIG), c.to_dict())
         self.dist.barrier()
         self.data = self._load_data()
         self.train_loader, self.val_loader, self.test_loader = self.data.loaders(
             c.batch_size, seed=c.seed, rank=self.dist.rank, world_size=self.dist.world_size, device=self.device,
-            augment=c.augment)
-        if checkpoint is not None:
-            set_rng_state(checkpoint["rng"])
+            augment=c.augment, train_drop_last=self._last_batch_is_single())
         model, recipe, masks = self._build(checkpoint)
         self.model, self.recipe, self.masks = model, recipe, masks
         self.optimizer = self._optimizer(model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.history, self.best, start_epoch = [], {"val_acc": -1.0, "epoch": 0}, 0
+        self.history, self.best, start_epoch = [], {"val_acc": None, "epoch": 0}, 0
         if checkpoint is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.history, self.best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
-            self._write_metrics()
+            set_rng_state(checkpoint["rng"], self.device)  # after the build, which seeds the RNG for the init
+            if self.dist.is_main:
+                self._write_metrics()
             self.log(f"resumed {self.dir} after epoch {start_epoch}")
         self.ddp_model = self.dist.wrap(model)
         self._describe()
@@ -113,6 +114,10 @@ class _Run:
             return None
         checkpoint = load_checkpoint(path)
         self._check_same_settings(checkpoint["config"])
+        if checkpoint.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"resume: the run in {self.dir!r} ran in {checkpoint.get('world_size', 1)} process(es), "
+                             f"now {self.dist.world_size}; the data shards and the batch would differ, so it "
+                             f"would not continue exactly. Resume with the same number of processes")
         return checkpoint
 
     def _check_same_settings(self, saved: dict) -> None:
@@ -122,6 +127,16 @@ class _Run:
             raise ValueError(f"resume: the run in {self.dir!r} was started with different settings "
                              f"({', '.join(f'{k}: {saved.get(k)!r} → {now.get(k)!r}' for k in changed)}); "
                              f"resume with the same settings or choose another --out")
+
+    def _last_batch_is_single(self) -> bool:
+        """Whether each rank's last training batch would hold one image (BatchNorm cannot normalise it): then
+        that image is left out of each epoch instead."""
+        per_rank = -(-len(self.data.train) // self.dist.world_size)
+        single = per_rank % self.config.batch_size == 1
+        if single:
+            self.log(f"note: {per_rank} training images per process leave a last batch of 1 with batch size "
+                     f"{self.config.batch_size}; it is dropped each epoch")
+        return single
 
     def _load_data(self):
         from ..data import load_dataset
@@ -176,7 +191,7 @@ class _Run:
         layers = masks_lib.prunable_layers(model, keep_first_conv_dense=c.keep_first_dense,
                                            keep_classifier_dense=c.keep_classifier_dense)
         block = (c.block_size, c.block_size) if c.block_size else None
-        n_m = tuple(int(v) for v in c.n_m.split(":")) if c.n_m else None
+        n_m = c.n_m_pair() if c.n_m else None
         self.train_loader.set_epoch(0)
         started = time.perf_counter()
         chosen = masks_lib.compute_masks(
@@ -238,10 +253,10 @@ class _Run:
                       "sparsity": self._sparsity(), "epoch_seconds": seconds, "images_per_second": images / seconds}
             self.scheduler.step()
             self.history.append(record)
-            score = val_acc if val_acc is not None else train_acc
             if self.dist.is_main:
-                if score > self.best["val_acc"]:
-                    self.best = {"val_acc": score, "epoch": epoch + 1}
+                # Without a validation split there is nothing to select on: the last epoch is the "best".
+                if val_acc is None or self.best["val_acc"] is None or val_acc > self.best["val_acc"]:
+                    self.best = {"val_acc": val_acc, "epoch": epoch + 1}
                     save_checkpoint(os.path.join(self.dir, BEST), self._state(epoch + 1))
                 save_checkpoint(os.path.join(self.dir, CHECKPOINT), self._state(epoch + 1))
                 self._write_metrics()
@@ -302,8 +317,9 @@ class _Run:
     def _state(self, epoch: int) -> dict:
         return {"epoch": epoch, "config": self.config.to_dict(), "masks": {k: v.cpu() for k, v in self.masks.items()},
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "recipe": self.recipe.state_dict(), "rng": rng_state(),
-                "best": dict(self.best), "metrics": list(self.history), "step": self.step}
+                "scheduler": self.scheduler.state_dict(), "recipe": self.recipe.state_dict(), "rng": rng_state(self.device),
+                "best": dict(self.best), "metrics": list(self.history), "step": self.step,
+                "world_size": self.dist.world_size}
 
     def _write_metrics(self):
         with atomic_write(os.path.join(self.dir, METRICS + ".jsonl"), text=True) as f:
@@ -330,8 +346,9 @@ class _Run:
             test_loss, test_acc = self._evaluate(self.test_loader, best_model)
         seconds = sum(r["epoch_seconds"] for r in self.history)
         last = self.history[-1]
-        result = {"model": c.model, "dataset": c.dataset, "mask": c.mask, "sparsity": 0.0 if c.mask == "dense"
-                  else c.sparsity, "measured_sparsity": self._sparsity(), "recipe": c.recipe, "seed": c.seed,
+        sparsity = self._sparsity() if c.masks_file else 0.0 if c.mask == "dense" else c.sparsity
+        result = {"model": c.model, "dataset": c.dataset, "mask": "file" if c.masks_file else c.mask,
+                  "sparsity": sparsity, "measured_sparsity": self._sparsity(), "recipe": c.recipe, "seed": c.seed,
                   "test_acc": test_acc, "test_loss": test_loss, "best_val_acc": self.best["val_acc"],
                   "best_epoch": self.best["epoch"], "final_val_acc": last["val_acc"],
                   "final_test_acc": final_test_acc, "final_test_loss": final_test_loss, "epochs": c.epochs,
@@ -347,7 +364,9 @@ class _Run:
                      + (" (the loader is the bottleneck)" if result["loader_images_per_second"] < 2 * train_rate
                         else ""))
             _write_json(os.path.join(self.dir, RESULT), result)
-            self.log(f"done: test accuracy {test_acc:.4f} (best validation checkpoint, epoch {self.best['epoch']}); "
+            chosen = "best validation" if self.best["val_acc"] is not None else "last epoch (no validation split)"
+            result["selected_by"] = chosen
+            self.log(f"done: test accuracy {test_acc:.4f} ({chosen} checkpoint, epoch {self.best['epoch']}); "
                      f"final model {final_test_acc:.4f}; {seconds / 60:.1f} min of training; results in {self.dir}")
         self.dist.barrier()
         return result
@@ -355,9 +374,10 @@ class _Run:
 
 # Settings a resumed run must share with the run it continues (others, like threads or progress, may change).
 _RESULT_AFFECTING = ("dataset", "image_size", "val_size", "augment", "model", "mask", "sparsity", "granularity",
-                     "block_size", "n_m", "mask_scope", "recipe", "ghost_neurons", "ghost_skips", "init",
-                     "label_smoothing", "epsilon", "ghost_fraction", "epochs", "batch_size", "optimizer", "lr",
-                     "momentum", "weight_decay", "lr_schedule", "milestones", "lr_gamma", "seed")
+                     "block_size", "n_m", "mask_scope", "keep_first_dense", "keep_classifier_dense", "mask_batches",
+                     "masks_file", "recipe", "ghost_neurons", "ghost_skips", "init", "label_smoothing", "epsilon",
+                     "ghost_fraction", "gradinit_iterations", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                     "weight_decay", "lr_schedule", "milestones", "lr_gamma", "seed", "backend", "deterministic")
 
 
 def make_recipe(config: TrainConfig, *, fresh: bool = True):
@@ -372,7 +392,7 @@ def make_recipe(config: TrainConfig, *, fresh: bool = True):
     if config.init != "default":
         overrides["init"] = config.init
     overrides["epsilon"] = config.epsilon
-    if config.recipe == "tost":
+    if config.recipe != "paper-code":  # tost's ghosts fade out, and so do ghosts switched on over "none"
         fade = Schedule("linear", 1.0, 0.0, config.ghost_fraction)
         overrides.update(neuron_schedule=fade, skip_schedule=fade)
     overrides["gradinit_options"] = {"iterations": config.gradinit_iterations}
