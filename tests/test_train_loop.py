@@ -18,6 +18,10 @@ from sparsekern.train.trainer import KILL_AFTER_STEPS_ENV, load_trained_model, t
 QUICK = dict(dataset="digits", model="resnet20", image_size=8, epochs=1, batch_size=64, lr_schedule="cosine",
              threads=1, progress=False, gradinit_iterations=2)
 TIMING = {"epoch_seconds", "images_per_second"}
+# The subprocess tests check the harness (resume, DDP, the sweep), which does not depend on the kernels; on the
+# slower reference ops (the CI's second pass) they would only add minutes, so they run with the extension only.
+harness_only = pytest.mark.skipif(os.environ.get("SPARSEKERN_NO_EXT", "0") not in ("", "0"),
+                                  reason="harness test: run with the compiled kernels only")
 
 
 def quick(tmp_path, **settings):
@@ -98,28 +102,30 @@ def run_cli(args, env_extra=None, **kwargs):
                           timeout=600, **kwargs)
 
 
-def cli_args(out, epochs=3):
+def cli_args(out, epochs=2):
     return ["train", "--model", "resnet20", "--image-size", "8", "--epochs", str(epochs), "--batch-size", "64",
             "--mask", "random", "--sparsity", "0.9", "--recipe", "tost", "--init", "fan_in", "--ghost-fraction",
-            "0.5", "--threads", "1", "--no-progress", "--out", str(out)]
+            "0.75", "--threads", "1", "--no-progress", "--out", str(out)]
 
 
+@harness_only
 def test_killed_run_resumes_exactly(tmp_path):
     """SIGKILL mid-epoch 2 (the ghosts still present), resume: same weights, optimiser state and metrics as a
-    run never interrupted; the ghost skips leave after the kill point, at 50 % of training."""
+    run never interrupted; the ghost skips leave after the kill point (step 27 of 40), at 75 % of training."""
     whole = run_cli(cli_args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     steps_per_epoch = -(-1257 // 64)
     killed = run_cli(cli_args(tmp_path / "killed"), {KILL_AFTER_STEPS_ENV: str(steps_per_epoch + 7)})
     assert killed.returncode == -signal.SIGKILL
-    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    at_kill = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert at_kill["epoch"] == 1 and any("ghost" in k for k in at_kill["model"])  # ghosts still in the model
     resumed = run_cli(cli_args(tmp_path / "killed") + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
 
     a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
-    assert a["model"].keys() == b["model"].keys()
+    assert a["model"].keys() == b["model"].keys() and not any("ghost" in k for k in a["model"])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     for p, q in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -131,11 +137,12 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- DDP
+@harness_only
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "sparsekern", *cli_args(out, epochs=2)[:-2], "--mask", "snip", "--out", str(out)],
+                           "-m", "sparsekern", *cli_args(out)[:-2], "--mask", "snip", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.load(open(out / "result.json"))
@@ -146,6 +153,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- compare
+@harness_only
 def test_compare_sweep_table_and_skip(tmp_path, capsys):
     root = tmp_path / "sweep"
     args = ["compare", "--masks", "random", "--sparsities", "0.9", "--recipes", "none,tost", "--seeds", "2",
