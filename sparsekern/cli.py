@@ -143,6 +143,11 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"sparsekern {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nsparsekern {args.command}: interrupted; the last finished epoch is checkpointed: run the same "
+              f"command with --resume{' (compare resumes by itself)' if args.command == 'compare' else ''} to "
+              f"continue", file=sys.stderr)
+        return 130
     finally:
         import torch.distributed as dist
 
