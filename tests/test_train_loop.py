@@ -193,3 +193,24 @@ def test_a_last_batch_of_one_is_dropped(tmp_path):
     lines = []
     train(quick(tmp_path, batch_size=157), log=lines.append)  # 1,257 = 8 × 157 + 1
     assert any("last batch of 1" in line for line in lines)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "tinyimagenet"])
+def test_train_cli_on_files_in_the_real_formats(tmp_path, dataset, capsys):
+    """The CLI end to end on small files in the real CIFAR-10 / TinyImageNet layouts (RGB, 32 / 64 px, crop
+    and flip): the data's shape reaches the model and the run finishes with a test accuracy."""
+    from test_data import make_cifar, make_tiny
+
+    if dataset == "cifar10":
+        root, val = make_cifar(tmp_path, "cifar10", "archive"), "10"
+    else:
+        root, val = make_tiny(tmp_path).parent, "3"
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", dataset, "--data-dir", str(root), "--val-size", val, "--model", "resnet20",
+                 "--epochs", "1", "--batch-size", "16", "--mask", "snip", "--sparsity", "0.9", "--recipe", "tost",
+                 "--init", "fan_in", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    size = "32×32×3" if dataset == "cifar10" else "64×64×3"
+    assert size in printed and "data loading:" in printed
+    result = json.load(open(out / "result.json"))
+    assert result["dataset"] == dataset and 0.0 <= result["test_acc"] <= 1.0
