@@ -11,16 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 
-from .train.config import MASK_METHODS, RECIPES, TrainConfig, add_config_arguments, load_config_file
-
-# Defaults that differ from the paper's CIFAR protocol when training on the embedded digits (1,257 small
-# training images): a smaller ResNet, fewer epochs, smaller batches. A config file or flag overrides them.
-DATASET_DEFAULTS = {
-    "digits": {"model": "resnet20", "image_size": 8, "epochs": 12, "batch_size": 64, "lr_schedule": "cosine",
-               "gradinit_iterations": 20},
-}
+from .train.config import DATASET_DEFAULTS, MASK_METHODS, RECIPES, add_config_arguments, config_from_args
 COMPARE_DEFAULTS = {"masks": "random,snip", "sparsities": "0.9,0.95,0.98", "recipes": "none,tost", "seeds": "2"}
 
 EPILOG = ("Defaults are the paper's CIFAR protocol (ResNet-32, SGD lr 0.1, momentum 0.9, weight decay 2e-4, "
@@ -68,17 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the dataset's defaults, then the config file, then the flags given."""
-    file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    dataset = given.get("dataset", file_values.get("dataset", TrainConfig.dataset))
-    config = TrainConfig()
-    config.update(DATASET_DEFAULTS.get(dataset, {}), source=f"{dataset} defaults", validate=False)
-    config.update(file_values, source=f"config file {args.config!r}", validate=False)
-    return config.update(given, source="command line")
-
-
 def _list(text: str, name: str, convert=str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -92,14 +73,14 @@ def _list(text: str, name: str, convert=str) -> list:
 def run_train(args) -> int:
     from .train.trainer import train
 
-    result = train(resolve_config(args))
+    result = train(config_from_args(args))
     return 0 if result else 1
 
 
 def run_compare(args) -> int:
     from .train.compare import run_sweep, sweep_configs, write_report
 
-    base = resolve_config(args)
+    base = config_from_args(args)
     masks = _list(args.masks or COMPARE_DEFAULTS["masks"], "masks")
     bad = [m for m in masks if m not in MASK_METHODS or m == "dense"]
     if bad:

@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from sparsekern.cli import DATASET_DEFAULTS, build_parser, main, resolve_config
-from sparsekern.train.config import PAPER_MILESTONES, TrainConfig, load_config_file
+from sparsekern.cli import build_parser, main
+from sparsekern.train.config import DATASET_DEFAULTS, PAPER_MILESTONES, TrainConfig, config_from_args, load_config_file
 
 
 def parse(*argv):
-    return resolve_config(build_parser().parse_args(["train", *argv]))
+    return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
 def test_paper_defaults_for_cifar():

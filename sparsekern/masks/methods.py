@@ -12,7 +12,7 @@ from .builder import build_masks
 from .erk import erk_densities
 from .grasp import grasp_scores
 from .magnitude import magnitude_scores
-from .prunable import prunable_layers, weight_of
+from .prunable import resolve_layers, weight_of
 from .random import random_scores
 from .snip import snip_scores
 from .synflow import synflow_masks
@@ -42,14 +42,13 @@ def compute_masks(method: str, model: nn.Module, sparsity: float, *, data=None, 
         raise ValueError(f"data: the {method!r} masks score weights on batches of (inputs, targets); pass data=")
     if method == "synflow" and input_shape is None:
         raise ValueError("input_shape: the 'synflow' masks need one sample's shape, e.g. (3, 32, 32)")
-    layers = prunable_layers(model) if layers is None else layers
+    layers = resolve_layers(model, layers)
     scope = _DEFAULT_SCOPE[method] if scope is None else scope
     shape = dict(granularity=granularity, block_size=block_size, n_m=n_m)
     if method == "synflow":
         return synflow_masks(model, sparsity, tuple(input_shape), layers=layers, scope=scope, **shape)
     if method == "erk":
-        resolved = layers if isinstance(layers, dict) else prunable_layers(model, layers)
-        shapes = {name: tuple(weight_of(layer).shape) for name, layer in resolved.items()}
+        shapes = {name: tuple(weight_of(layer).shape) for name, layer in layers.items()}
         per_layer = {name: 1.0 - density for name, density in erk_densities(shapes, sparsity).items()}
         return build_masks(random_scores(model, layers, seed=seed), per_layer, scope="layer", **shape)
     if method == "random":

@@ -7,6 +7,7 @@ training loop has one code path.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ class Distributed:
         header = [[(name, tuple(m.shape)) for name, m in masks.items()] if self.is_main else None]
         dist.broadcast_object_list(header, src=0)
         layout = header[0]
-        total = sum(_numel(shape) for _, shape in layout)
+        total = sum(math.prod(shape) for _, shape in layout)
         comm_device = device if self.backend == "nccl" else torch.device("cpu")
         if self.is_main:
             flat = torch.cat([masks[name].reshape(-1).to(comm_device, torch.uint8) for name, _ in layout]) \
@@ -70,7 +71,7 @@ class Distributed:
         dist.broadcast(flat, src=0)
         out, offset = {}, 0
         for name, shape in layout:
-            n = _numel(shape)
+            n = math.prod(shape)
             out[name] = flat[offset:offset + n].view(shape).to(device=device, dtype=torch.bool)
             offset += n
         return out
@@ -106,10 +107,3 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

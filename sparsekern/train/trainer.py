@@ -153,32 +153,19 @@ class _Run:
     def _build(self, checkpoint):
         """Model, recipe and masks: fresh (init, masks, recipe's init) or as saved (weights from ``checkpoint``)."""
         c = self.config
-        model, masks = self._model_and_masks(None if checkpoint is None else checkpoint["masks"])
-        recipe = make_recipe(c, fresh=checkpoint is None)
+        if checkpoint is not None:
+            return rebuild_model(checkpoint, c, self.data, self.device)
+        torch.manual_seed(c.seed)
+        model = _create_model(c, self.data, self.device)
+        masks = self._compute_masks(model) if self.dist.is_main else None
+        masks = _apply_masks(model, self.dist.broadcast_masks(masks, self.device), c, self.device)
+        recipe = make_recipe(c)
         init_data = None
         if recipe.config.init == "gradinit":
             self.train_loader.set_epoch(0)
             init_data = self.train_loader
         recipe.prepare(model, None, data=init_data)
-        if checkpoint is not None:
-            recipe.load_state_dict(checkpoint["recipe"], model)
-            model.load_state_dict(checkpoint["model"])
         return model, recipe, masks
-
-    def _model_and_masks(self, masks):
-        from .. import models
-
-        c, d = self.config, self.data
-        torch.manual_seed(c.seed)
-        model = models.create(c.model, num_classes=d.num_classes, input_size=d.image_size,
-                              in_channels=d.in_channels).to(self.device)
-        if masks is None:
-            masks = self._compute_masks(model) if self.dist.is_main else None
-            masks = self.dist.broadcast_masks(masks, self.device)
-        masks = {name: m.to(self.device) for name, m in masks.items()}
-        if masks:
-            sparsify(model, masks, backend=c.backend)
-        return model, masks
 
     def _compute_masks(self, model) -> dict:
         from .. import masks as masks_lib
@@ -255,10 +242,13 @@ class _Run:
             self.history.append(record)
             if self.dist.is_main:
                 # Without a validation split there is nothing to select on: the last epoch is the "best".
-                if val_acc is None or self.best["val_acc"] is None or val_acc > self.best["val_acc"]:
+                improved = val_acc is None or self.best["val_acc"] is None or val_acc > self.best["val_acc"]
+                if improved:
                     self.best = {"val_acc": val_acc, "epoch": epoch + 1}
-                    save_checkpoint(os.path.join(self.dir, BEST), self._state(epoch + 1))
-                save_checkpoint(os.path.join(self.dir, CHECKPOINT), self._state(epoch + 1))
+                state = self._state(epoch + 1)  # one snapshot (RNG included) for both files
+                if improved:
+                    save_checkpoint(os.path.join(self.dir, BEST), state)
+                save_checkpoint(os.path.join(self.dir, CHECKPOINT), state)
                 self._write_metrics()
             self.dist.barrier()
             self.log(f"epoch {epoch + 1}/{c.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}"
@@ -401,23 +391,39 @@ def make_recipe(config: TrainConfig, *, fresh: bool = True):
     return ToST(config.recipe, **overrides)
 
 
-def load_trained_model(path: str, data, device="cpu") -> nn.Module:
-    """Rebuild the model saved in a training checkpoint (``checkpoint.pt`` or ``best.pt``) for evaluation or
-    export: same architecture, masks, ghosts (as at that epoch) and weights."""
+def _create_model(config: TrainConfig, data, device) -> nn.Module:
     from .. import models
 
-    checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint["config"], source=f"checkpoint {path!r}")
-    model = models.create(config.model, num_classes=data.num_classes, input_size=data.image_size,
-                          in_channels=data.in_channels).to(device)
-    masks = {name: m.to(device) for name, m in checkpoint["masks"].items()}
+    return models.create(config.model, num_classes=data.num_classes, input_size=data.image_size,
+                         in_channels=data.in_channels).to(device)
+
+
+def _apply_masks(model: nn.Module, masks: dict, config: TrainConfig, device) -> dict:
+    """Sparsify ``model`` with ``masks`` (moved to ``device``, which is returned)."""
+    masks = {name: m.to(device) for name, m in masks.items()}
     if masks:
         sparsify(model, masks, backend=config.backend)
+    return masks
+
+
+def rebuild_model(checkpoint: dict, config: TrainConfig, data, device):
+    """``(model, recipe, masks)`` as saved in ``checkpoint``: same architecture, masks, ghosts (as at that
+    epoch) and weights; the recipe's init is skipped, the weights come from the checkpoint."""
+    model = _create_model(config, data, device)
+    masks = _apply_masks(model, checkpoint["masks"], config, device)
     recipe = make_recipe(config, fresh=False)
     recipe.prepare(model, None)
     recipe.load_state_dict(checkpoint["recipe"], model)
     model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    return model, recipe, masks
+
+
+def load_trained_model(path: str, data, device="cpu") -> nn.Module:
+    """Rebuild the model saved in a training checkpoint (``checkpoint.pt`` or ``best.pt``) for evaluation or
+    export, in eval mode."""
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict(checkpoint["config"], source=f"checkpoint {path!r}")
+    return rebuild_model(checkpoint, config, data, device)[0].eval()
 
 
 def _write_json(path: str, value: dict) -> None:
