@@ -26,6 +26,18 @@ def _load() -> bool:
 AVAILABLE = _load()
 
 
-def has_compiled_kernels(device_type: str) -> bool:
-    """True when a compiled (not reference) kernel serves ``device_type`` ("cpu", "cuda")."""
-    return AVAILABLE and device_type == "cpu"
+# The op whose kernel stands for a layer family's: a layer runs compiled code on a device when this op has a
+# kernel registered for that device's dispatch key (CUDA C++ from csrc/cuda/ for unstructured layers, Triton
+# from sparsekern/triton/dispatch.py for block layers).
+_FAMILY_OPS = {"csr": "csr_spmm_bt", "bsr": "bsr_spmm_bt", "conv2d_csr": "csr_conv2d"}
+
+
+def has_compiled_kernels(device_type: str, layout_kind: str = "csr") -> bool:
+    """True when a compiled (not reference) kernel serves layers of ``layout_kind`` ("csr", "bsr" for
+    SparseLinear, "conv2d_csr" for SparseConv2d) on ``device_type`` ("cpu", "cuda")."""
+    if device_type == "cpu":
+        return AVAILABLE
+    if device_type != "cuda" or layout_kind not in _FAMILY_OPS:
+        return False
+    import torch
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekern::{_FAMILY_OPS[layout_kind]}", "CUDA")

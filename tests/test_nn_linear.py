@@ -514,6 +514,33 @@ def test_resolved_backend(layout):
     assert_matches_masked_linear(high, torch.randn(5, 24))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_resolved_backend_on_cuda_is_dense_until_a_crossover_is_measured(layout, monkeypatch):
+    """"auto" on CUDA: dense without a compiled kernel, dense with one while CUDA_MIN_SPARSITY has no entry
+    for the layout (unmeasured), sparse at and above the entry once it has one."""
+    from sparsekern.nn import backend as backend_module
+    layer = make_layer(layout, 24, 20, 0.9 if layout == "csr" else 0.75, "auto")
+    monkeypatch.setattr(_extension, "has_compiled_kernels", lambda device, kind="csr": False)
+    assert layer.resolved_backend("cuda") == "dense"
+    monkeypatch.setattr(_extension, "has_compiled_kernels", lambda device, kind="csr": True)
+    monkeypatch.delitem(backend_module.CUDA_MIN_SPARSITY, layer.layout_kind, raising=False)
+    assert layer.resolved_backend("cuda") == "dense"
+    monkeypatch.setitem(backend_module.CUDA_MIN_SPARSITY, layer.layout_kind, layer.sparsity - 0.1)
+    assert layer.resolved_backend("cuda") == "sparse"
+    monkeypatch.setitem(backend_module.CUDA_MIN_SPARSITY, layer.layout_kind, layer.sparsity + 0.05)
+    assert layer.resolved_backend("cuda") == "dense"
+    assert make_layer(layout, 24, 20, 0.5, "sparse").resolved_backend("cuda") == "sparse"
+
+
+def test_has_compiled_kernels_asks_the_dispatcher_for_cuda():
+    """On CUDA a layer family counts as compiled when its op has a CUDA kernel registered (this CPU-only test
+    machine registers none for the unstructured ops); unknown devices and kinds have none."""
+    registered = torch._C._dispatch_has_kernel_for_dispatch_key("sparsekern::csr_spmm_bt", "CUDA")
+    assert _extension.has_compiled_kernels("cuda", "csr") == registered
+    assert not _extension.has_compiled_kernels("cuda", "no_such_kind")
+    assert not _extension.has_compiled_kernels("mps", "csr")
+
+
 @pytest.mark.parametrize("layout", ["csr", "bsr"])
 def test_from_dense_and_to_dense_draw_no_random_numbers(layout):
     """Both copy every value, so neither spends time on a random init nor advances the global RNG."""

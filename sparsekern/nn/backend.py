@@ -19,6 +19,12 @@ BACKENDS = ("auto", "sparse", "dense")
 # 0.7.
 CPU_MIN_SPARSITY = {"csr": 0.70, "bsr": 0.70}
 
+# The same on CUDA, per layout kind: empty until measured on a GPU (`python -m benchmarks.gpu_linear`, run by
+# benchmarks/gpu_session.sh on a lent GPU). Until a kind has an entry, "auto" runs the dense fallback on CUDA
+# even where a compiled kernel serves it (backend="sparse" runs that kernel): an unmeasured crossover must not
+# make "auto" slower than dense.
+CUDA_MIN_SPARSITY: dict[str, float] = {}
+
 
 def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int) -> float:
     """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
@@ -54,14 +60,20 @@ def check_backend(backend: str) -> str:
 
 def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str,
                     min_sparsity: float | None = None) -> str:
-    """The backend ``"auto"`` stands for, given the layer's layout kind (a key of ``CPU_MIN_SPARSITY``: "csr",
-    "bsr" for SparseLinear) and sparsity; ``min_sparsity`` overrides the table's crossover (SparseConv2d's
-    depends on its shape: ``conv_min_sparsity``)."""
+    """The backend ``"auto"`` stands for, given the layer's layout kind ("csr", "bsr" for SparseLinear,
+    "conv2d_csr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover
+    (SparseConv2d's depends on its shape: ``conv_min_sparsity``). On CUDA the crossover comes from
+    ``CUDA_MIN_SPARSITY`` (empty until measured: dense)."""
     if backend != "auto":
         return backend
-    if not _extension.has_compiled_kernels(device_type):
+    if not _extension.has_compiled_kernels(device_type, layout_kind):
         return "dense"
-    threshold = CPU_MIN_SPARSITY[layout_kind] if min_sparsity is None else min_sparsity
+    if device_type == "cpu":
+        threshold = CPU_MIN_SPARSITY[layout_kind] if min_sparsity is None else min_sparsity
+    else:
+        threshold = CUDA_MIN_SPARSITY.get(layout_kind)
+        if threshold is None:
+            return "dense"
     # Tolerance: a mask built for sparsity s keeps round((1-s)·n) weights, so its exact sparsity can fall a
     # hair below s (0.69999992 for 768x3072 at 0.7); that must not flip the backend.
     return "sparse" if sparsity >= threshold - 1e-4 else "dense"

@@ -1,0 +1,99 @@
+"""Every CUDA-served sparse op once, on small odd shapes, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/cuda/sanitize_smoke.py
+
+Small on purpose: under the sanitizer every access is instrumented (tens of times slower). The shapes
+exercise the edges a kernel can get wrong: a batch that is not a multiple of any tile, fully pruned rows and
+columns, a padded feature-major operand, an empty batch. Each result is also compared with the pure-PyTorch
+reference on the CPU in float64, so the script fails on wrong numbers as well as on bad accesses.
+Needs a CUDA device (benchmarks/gpu_session.sh runs it); with the argument `cpu` it runs on the CPU instead.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import sparsekern
+from sparsekern import reference
+from sparsekern.layout import CSRLayout
+from sparsekern.masks import random_mask
+
+ops = torch.ops.sparsekern
+
+
+def _close(name, got, ref, rtol):
+    err = float((got.detach().double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)) if ref.numel() else 0.0
+    ok = err <= rtol
+    print(f"  {name:40s} rel err {err:.1e} {'ok' if ok else 'FAIL'}")
+    return ok
+
+
+def _mask(n_rows, n_cols, density, gen):
+    mask = torch.rand(n_rows, n_cols, generator=gen) < density
+    mask[1] = False        # a fully pruned row
+    mask[:, 2] = False     # a fully pruned column
+    return mask
+
+
+def unstructured(device, dtype, batch, gen) -> bool:
+    n_rows, n_cols = 37, 53
+    layout = CSRLayout.from_mask(_mask(n_rows, n_cols, 0.2, gen))
+    lt = layout.tensors()
+    values = torch.randn(layout.nnz, generator=gen, dtype=torch.float64)
+    dense = torch.randn(n_cols, batch, generator=gen, dtype=torch.float64)
+    other = torch.randn(n_rows, batch, generator=gen, dtype=torch.float64)
+    dl = [t.to(device) for t in lt]
+    v, d, o = (t.to(device, dtype) for t in (values, dense, other))
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    ok = _close(f"csr_spmm {dtype} B={batch}", ops.csr_spmm(v, *dl, d), reference.csr_spmm(values, *lt, dense), rtol)
+    ok &= _close(f"csr_spmm_bt {dtype} B={batch}", ops.csr_spmm_bt(v, *dl, d, None),
+                 reference.csr_spmm(values, *lt, dense).t(), rtol)
+    ok &= _close(f"csr_sddmm {dtype} B={batch}", ops.csr_sddmm(o, d, *dl),
+                 reference.csr_sddmm(other, dense, *lt), rtol)
+    # A padded feature-major operand (row stride > batch), as sparsekern.transpose lays activations out.
+    padded = torch.zeros(n_cols, batch + 5, device=device, dtype=dtype)[:, :batch]
+    padded.copy_(d)
+    ok &= _close(f"csr_spmm padded {dtype} B={batch}", ops.csr_spmm(v, *dl, padded),
+                 reference.csr_spmm(values, *lt, dense), rtol)
+    return ok
+
+
+def layer(device, block) -> bool:
+    """A whole SparseLinear step on the device (forward, input, weight and bias gradients)."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 48)
+    mask = random_mask((48, 64), 0.8, block_size=block)
+    sl = sparsekern.SparseLinear.from_dense(dense, mask, block_size=block, backend="sparse").to(device)
+    x = torch.randn(13, 64, requires_grad=True)
+    xd = x.detach().to(device).requires_grad_(True)
+    y = sl(xd)
+    y.backward(torch.ones_like(y))
+    w = dense.weight.detach().double() * mask
+    ref_y = x.detach().double() @ w.t() + dense.bias.detach().double()
+    ref_dx = torch.ones(13, 48, dtype=torch.float64) @ w
+    name = "csr" if block is None else f"bsr{block}"
+    return _close(f"SparseLinear {name} y", y, ref_y, 1e-5) & _close(f"SparseLinear {name} dx", xd.grad, ref_dx, 1e-5)
+
+
+def main(argv) -> int:
+    # `python tests/cuda/sanitize_smoke.py cpu` runs the same calls on the CPU: a check of this script itself.
+    device = torch.device(argv[1] if len(argv) > 1 else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to sanitize")
+        return 1
+    gen = torch.Generator().manual_seed(0)
+    ok = True
+    for dtype in (torch.float32, torch.float64):
+        for batch in (0, 1, 33, 130):
+            ok &= unstructured(device, dtype, batch, gen)
+    for block in (None, 16):
+        ok &= layer(device, block)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print("sanitize smoke:", "ok" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
