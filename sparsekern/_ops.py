@@ -26,13 +26,20 @@ row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv. Dens
 feature-major ``(features, B)``; see ``reference.py`` for the exact definitions.
 
 The pure-PyTorch reference is registered for every device (CompositeExplicitAutograd); the compiled
-extension, when present, overrides it per device (``TORCH_LIBRARY_IMPL(sparsekern, CPU, m)``).
+extension, when present, overrides it per device (``TORCH_LIBRARY_IMPL(sparsekern, CPU, m)``), and with
+triton installed ``sparsekern/triton/dispatch.py`` registers Triton kernels for the CUDA key of bsr_spmm,
+bsr_spmm_bt and bsr_sddmm (imported at the end of this file).
+
+Dtypes: float32 and float64 everywhere, float16 and bfloat16 too as far as these checks go (the Triton CUDA
+kernels take them; the CPU C++ kernels raise their own TypeError for them; the reference computes them with
+float32 accumulation).
 """
 from __future__ import annotations
 
 import torch
 
 from . import reference
+from .check_once import check_once
 from .layout import check_compressed
 
 _LAYOUT_ARGS = ("Tensor row_offsets, Tensor col_indices, Tensor t_row_offsets, Tensor t_col_indices, "
@@ -88,9 +95,12 @@ def _check_dense(name, t, dtype, rows):
         raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(t.shape)}")
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _check_values_dtype(name, t):
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name}: expected float32 or float64, got {t.dtype}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
 def _check_spmm(values, layout, dense, block):
@@ -325,9 +335,16 @@ def _check_permute(values, perm, perm_inv, transpose_blocks):
 @torch.library.impl(_lib, "permute", "CompositeExplicitAutograd")
 def _permute_reference(values, perm, perm_inv, transpose_blocks=False):
     _check_permute(values, perm, perm_inv, transpose_blocks)
-    outside = (perm < 0) | (perm >= values.shape[0])
-    if bool(outside.any()):
-        raise ValueError(f"perm: expected indices in [0, {values.shape[0]}), got {int(perm[outside][0])}")
+
+    def check_range():
+        outside = (perm < 0) | (perm >= values.shape[0])
+        if bool(outside.any()):
+            raise ValueError(f"perm: expected indices in [0, {values.shape[0]}), got {int(perm[outside][0])}")
+    # On a GPU the range check syncs: once per permutation storage (check_once.py), not every training step.
+    if perm.device.type == "cpu":
+        check_range()
+    else:
+        check_once("permute", (perm,), check_range)
     out = values.index_select(0, perm)
     return out.transpose(1, 2).contiguous() if transpose_blocks else out
 
@@ -664,3 +681,6 @@ torch.library.register_autograd("sparsekern::permute", _permute_backward, setup_
 # The convolution family (its own file; registered on the same library).
 from ._ops_conv import (conv_output_size, csr_conv2d, csr_conv2d_input_grad,  # noqa: E402,F401
                         csr_conv2d_weight_grad)
+
+# The Triton kernels for CUDA tensors (bsr family), when triton is installed; a no-op without it.
+from . import triton as _triton  # noqa: E402,F401

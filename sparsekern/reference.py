@@ -9,6 +9,10 @@ are ``Yᵀ = W Xᵀ`` (spmm), ``dXᵀ = Wᵀ dYᵀ`` (spmm on the transposed lay
 
 These never form a dense ``S``; they gather rows of the dense operand per kept entry, in chunks so the
 temporary stays bounded.
+
+Precision: the result has the inputs' dtype. float16 and bfloat16 are computed with float32 products and
+float32 sums and rounded once at the end, as the GPU kernels (tensor cores) do; float32 sums of many
+products in float64 (see ``_scatter_products``); float64 in float64.
 """
 from __future__ import annotations
 
@@ -19,6 +23,13 @@ from .layout import row_ids
 # Kept entries processed per step: bounds the (chunk, B) temporary to a few MB for typical batches.
 _CHUNK_ELEMENTS = 1 << 22
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype products and sums are formed in: float32 for the 16-bit types, else the dtype itself."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
 
 def _chunks(nnz: int, batch: int):
     step = max(1, _CHUNK_ELEMENTS // max(1, batch))
@@ -26,24 +37,29 @@ def _chunks(nnz: int, batch: int):
         yield slice(start, min(nnz, start + step))
 
 
-def _scatter_products(values, rows, cols, dense, n_rows):
-    """``out[rows[i]] += values[i] · dense[cols[i]]`` over all entries i; out (n_rows, B).
+def _scatter_products(values, rows, cols, dense, n_rows, out_dtype=None):
+    """``out[rows[i]] += values[i] · dense[cols[i]]`` over all entries i; out (n_rows, B), of ``out_dtype``
+    (default: dense's; a caller that sums further before rounding asks for ``_compute_dtype``).
 
     float32 sums run in float64: index_add_ adds a row's products one after another, and that serial float32
     sum measured 2.9x the error of a float32 GEMM (7x123 at batch 431 on an AVX2 machine), over DESIGN.md's 2x.
+    float16/bfloat16 products and sums run in float32 (each product of two 16-bit numbers is exact there).
     """
-    acc_dtype = torch.float64 if dense.dtype == torch.float32 else dense.dtype
+    compute = _compute_dtype(dense.dtype)
+    acc_dtype = torch.float64 if dense.dtype == torch.float32 else compute
     out = dense.new_zeros(n_rows, dense.shape[1], dtype=acc_dtype)
     for s in _chunks(values.numel(), dense.shape[1]):
-        out.index_add_(0, rows[s], (values[s, None] * dense[cols[s]]).to(acc_dtype))
-    return out.to(dense.dtype)
+        products = values[s, None].to(compute) * dense[cols[s]].to(compute)
+        out.index_add_(0, rows[s], products.to(acc_dtype))
+    return out.to(out_dtype or dense.dtype)
 
 
 def _entry_dots(a, b, rows, cols):
-    """``out[i] = a[rows[i]] · b[cols[i]]`` (dot over the batch)."""
+    """``out[i] = a[rows[i]] · b[cols[i]]`` (dot over the batch); float32 sums for 16-bit inputs."""
+    compute = _compute_dtype(a.dtype)
     out = a.new_empty(cols.numel())
     for s in _chunks(cols.numel(), a.shape[1]):
-        out[s] = (a[rows[s]] * b[cols[s]]).sum(-1)
+        out[s] = (a[rows[s]].to(compute) * b[cols[s]].to(compute)).sum(-1)  # one rounding, at the store
     return out
 
 
@@ -62,13 +78,14 @@ def bsr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_p
     nnzb, bh, bw = values.shape
     n_block_rows = row_offsets.numel() - 1
     batch = dense.shape[1]
-    out = dense.new_zeros(n_block_rows, bh, batch)
+    compute = _compute_dtype(dense.dtype)  # a row's block products are summed in float32 for 16-bit inputs
+    out = dense.new_zeros(n_block_rows, bh, batch, dtype=compute)
     dense_blocks = dense.view(t_row_offsets.numel() - 1, bw, batch)
     rows = row_ids(row_offsets)
     cols = col_indices.long()
     for s in _chunks(nnzb, batch * bh * bw):
-        out.index_add_(0, rows[s], torch.bmm(values[s], dense_blocks[cols[s]]))
-    return out.view(n_block_rows * bh, batch)
+        out.index_add_(0, rows[s], torch.bmm(values[s].to(compute), dense_blocks[cols[s]].to(compute)))
+    return out.view(n_block_rows * bh, batch).to(dense.dtype)
 
 
 def bsr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
@@ -80,9 +97,10 @@ def bsr_sddmm(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices, t_pe
     b_blocks = b.view(n_block_cols, b.shape[0] // n_block_cols, batch)
     rows = row_ids(row_offsets)
     cols = col_indices.long()
+    compute = _compute_dtype(a.dtype)
     out = a.new_empty(cols.numel(), a_blocks.shape[1], b_blocks.shape[1])
     for s in _chunks(cols.numel(), batch * a_blocks.shape[1] * b_blocks.shape[1]):
-        out[s] = torch.bmm(a_blocks[rows[s]], b_blocks[cols[s]].transpose(1, 2))
+        out[s] = torch.bmm(a_blocks[rows[s]].to(compute), b_blocks[cols[s]].transpose(1, 2).to(compute))
     return out
 
 
@@ -123,10 +141,11 @@ def csr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices
     n, n_rows = x.shape[0], row_offsets.numel() - 1
     rows, cols = _unfolded_columns(row_offsets, col_indices, t_row_offsets.numel() - 1, groups)
     u = _unfold_feature_major(x, kernel_size, stride, padding, dilation)
-    out = _scatter_products(values, rows, cols, u, n_rows).view(n_rows, n, *output_size).transpose(0, 1)
+    compute = _compute_dtype(x.dtype)  # the bias joins the float32 sum of 16-bit inputs: one rounding
+    out = _scatter_products(values, rows, cols, u, n_rows, compute).view(n_rows, n, *output_size).transpose(0, 1)
     if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out.contiguous()
+        out = out + bias.to(compute).view(1, -1, 1, 1)
+    return out.to(x.dtype).contiguous()
 
 
 def csr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
@@ -135,10 +154,11 @@ def csr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets,
     n, n_cols = grad.shape[0], t_row_offsets.numel() - 1
     rows, cols = _unfolded_columns(row_offsets, col_indices, n_cols, groups)
     g = grad.transpose(0, 1).reshape(grad.shape[1], -1)  # (C_out, N·L)
-    du = _scatter_products(values, cols, rows, g, n_cols * groups)  # (C_in·kH·kW, N·L)
+    # fold sums overlapping patches: in float32 too for 16-bit inputs, rounded once after it.
+    du = _scatter_products(values, cols, rows, g, n_cols * groups, _compute_dtype(grad.dtype))  # (C_in·kH·kW, N·L)
     du = du.view(du.shape[0], n, grad.shape[2] * grad.shape[3]).transpose(0, 1)  # n may be 0
     return torch.nn.functional.fold(du, tuple(input_size), kernel_size, dilation=dilation, padding=padding,
-                                    stride=stride)
+                                    stride=stride).to(grad.dtype)
 
 
 def csr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv,

@@ -2,10 +2,15 @@
 
 ``TRITON_INTERPRET`` must be set before anything imports triton (and before any ``@triton.jit`` runs), so
 it is the very first thing this file does: the Triton kernels then run on CPU tensors under the interpreter.
+``SPARSEKERN_TRITON_AUTOTUNE`` likewise, before sparsekern is imported.
 """
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU (TRITON_INTERPRET=0) the Triton kernels run one fixed config instead of compiling and timing every
+# autotune config for each new shape, which would take minutes over the test matrix; the tests check
+# results, and test_triton_bsr.py runs each config once. Read when sparsekern.triton is imported.
+os.environ.setdefault("SPARSEKERN_TRITON_AUTOTUNE", "0")
 
 import zlib  # noqa: E402
 

@@ -81,7 +81,7 @@ def test_linear_bad_input(kind):
         op(x[0], values, *lt, b)
     with pytest.raises(ValueError, match=r"x: expected 9 features \(columns\), got shape [([]4, 5[])\]]"):
         op(x[:, :5], values, *lt, b)
-    with pytest.raises(TypeError, match="x: expected float32 or float64"):
+    with pytest.raises(TypeError, match="x: expected float32(, float64, float16 or bfloat16| or float64), got"):
         op(x.int(), values, *lt, b)
     with pytest.raises(ValueError, match=r"bias: expected shape \(6,\)"):
         op(x, values, *lt, b[:3])

@@ -6,10 +6,12 @@ kernels on the GPU. Shapes are small: the interpreter executes every program in 
 
 Each result is judged by ``helpers.assert_error_budget``: its error vs the float64 reference (on the same,
 already rounded inputs) must be at most 2x (3x for the SDDMM, a gradient) the error of the same computation
-done by plain PyTorch in the input dtype (``sparsekern.reference`` run in float32 / float16), plus one ulp of
-the largest element. Every output buffer the wrappers allocate with ``torch.empty`` is pre-filled with NaN,
-so an element the kernel forgets to write fails the finiteness check.
+done by plain PyTorch in the input dtype (``sparsekern.reference`` run in float32 / float16, the latter with
+float32 accumulation like PyTorch's GPU GEMMs), plus one ulp of the largest element. Every output buffer
+the wrappers allocate with ``torch.empty`` is pre-filled with NaN, so an element the kernel forgets to write
+fails the finiteness check.
 """
+import importlib
 import os
 
 import pytest
@@ -21,7 +23,10 @@ import torch  # noqa: E402
 from helpers import assert_error_budget, blocks_to_dense  # noqa: E402
 from sparsekern import reference  # noqa: E402
 from sparsekern.layout import BSRLayout  # noqa: E402
-from sparsekern.triton import AVAILABLE, bsr_sddmm, bsr_spmm, bsr_spmm_t  # noqa: E402
+from sparsekern.triton import AVAILABLE, bsr_sddmm, bsr_spmm, bsr_spmm_bt, bsr_spmm_t  # noqa: E402
+# The kernel modules (the package's names bsr_spmm / bsr_sddmm are the functions, which shadow them).
+spmm_module = importlib.import_module("sparsekern.triton.bsr_spmm")
+sddmm_module = importlib.import_module("sparsekern.triton.bsr_sddmm")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -52,6 +57,11 @@ CASES = {
     "2x2-16x16-dense": ((2, 2), (16, 16), 1.0, None, None),
     "2x3-16x16-empty": ((2, 3), (16, 16), 0.0, None, None),
     "2x2-64x64": ((2, 2), (64, 64), 0.75, None, None),
+    # 128-wide blocks: with the fixed config's caps of 64 (tuning.py) a block row is split between two
+    # programs and each block is read in two slices, so these take the tiled paths.
+    "2x2-128x128-pruned-col": ((2, 2), (128, 128), 0.5, None, 1),
+    "3x2-16x128": ((3, 2), (16, 128), 0.5, None, None),
+    "2x3-128x32-pruned-row": ((2, 3), (128, 32), 0.7, 1, None),
 }
 
 
@@ -134,6 +144,33 @@ def test_bsr_spmm_t_matches_dense_transpose(case, batch, dtype, poisoned_empty):
     assert_error_budget(out, baseline, ref64, 2.0, f"bsr_spmm_t {case} B={batch} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bsr_spmm_bt_matches_reference(case, batch, dtype, poisoned_empty):
+    """(S @ dense)ᵀ + bias, batch-major: stored transposed and the bias added inside the kernel."""
+    layout, values = _case(case, dtype)
+    dense = torch.randn(layout.shape[1], batch).to(dtype)
+    bias = torch.randn(layout.shape[0]).to(dtype)
+    lt = layout.tensors()
+    out = bsr_spmm_bt(*_on_device(values, *lt, dense, bias)).cpu()
+    assert out.dtype == dtype and out.shape == (batch, layout.shape[0]) and out.is_contiguous()
+    ref64 = reference.bsr_spmm(values.double(), *lt, dense.double()).t() + bias.double()
+    # Plain PyTorch in the input dtype: what the registry's reference does (product, transpose, add).
+    baseline = reference.bsr_spmm(values, *lt, dense).t().contiguous() + bias
+    assert_error_budget(out, baseline, ref64, 2.0, f"bsr_spmm_bt {case} B={batch} {dtype}")
+
+
+@pytest.mark.parametrize("case", ["4x3-16x16-pruned-row-and-col", "2x3-128x32-pruned-row"])
+def test_bsr_spmm_bt_without_bias_is_the_transposed_product(case, poisoned_empty):
+    layout, values = _case(case, torch.float32)
+    dense = torch.randn(layout.shape[1], 7)
+    lt = _on_device(*layout.tensors())
+    values, dense = _on_device(values, dense)
+    assert torch.equal(bsr_spmm_bt(values, *lt, dense), bsr_spmm(values, *lt, dense).t())
+    assert torch.equal(bsr_spmm_bt(values, *lt, dense, None), bsr_spmm(values, *lt, dense).t())
+
+
 # --------------------------------------------------------------------------------------------- sddmm
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -194,6 +231,81 @@ def test_empty_batch(poisoned_empty):
     assert torch.equal(d_values.cpu(), torch.zeros(layout.block.nnz, 16, 16))
 
 
+# ------------------------------------------------------------------------------------ every GPU config
+# The tests above run the one fixed config (interpreter, or SPARSEKERN_TRITON_AUTOTUNE=0 on a GPU, as
+# conftest.py sets). Here every config the autotuner may pick runs once, on 128-wide blocks where no cap is
+# cut down to the block, so each tile shape, split and slice count of the lists is exercised.
+
+@pytest.fixture
+def only_config():
+    """Pin an autotuned kernel to one config: with a single config Triton's autotuner runs it unbenchmarked."""
+    pinned = []
+
+    def pin(kernel, config):
+        pinned.append((kernel, kernel.configs))
+        kernel.configs = [config]
+
+    yield pin
+    for kernel, configs in reversed(pinned):
+        kernel.configs = configs
+
+
+def _tuned_configs(module):
+    return [pytest.param(c, id=f"{'-'.join(f'{k}{v}' for k, v in c.kwargs.items())}-w{c.num_warps}-s{c.num_stages}")
+            for c in module.TUNED_CONFIGS]
+
+
+@pytest.mark.parametrize("config", _tuned_configs(spmm_module))
+def test_every_spmm_config(config, only_config, poisoned_empty):
+    only_config(spmm_module._bsr_spmm_kernel, config)
+    layout, values = _case("2x2-128x128-pruned-col", torch.float16)
+    x = torch.randn(layout.shape[1], 50).half()
+    dy = torch.randn(layout.shape[0], 50).half()
+    bias = torch.randn(layout.shape[0]).half()
+    lt = layout.tensors()
+    dv, dx, ddy, dbias = _on_device(values, x, dy, bias)
+    dlt = _on_device(*lt)
+    ref = reference.bsr_spmm(values.double(), *lt, x.double())
+    assert_error_budget(bsr_spmm(dv, *dlt, dx).cpu(), reference.bsr_spmm(values, *lt, x), ref, 2.0, "spmm")
+    assert_error_budget(bsr_spmm_bt(dv, *dlt, dx, dbias).cpu(),
+                        reference.bsr_spmm(values, *lt, x).t().contiguous() + bias, ref.t() + bias.double(), 2.0,
+                        "spmm_bt")
+    ref_t = blocks_to_dense(values.double(), layout).t() @ dy.double()
+    baseline_t = (blocks_to_dense(values.float(), layout).t() @ dy.float()).half()
+    assert_error_budget(bsr_spmm_t(dv, *dlt, ddy).cpu(), baseline_t, ref_t, 2.0, "spmm_t")
+
+
+@pytest.mark.parametrize("config", _tuned_configs(sddmm_module))
+def test_every_sddmm_config(config, only_config, poisoned_empty):
+    only_config(sddmm_module._bsr_sddmm_kernel, config)
+    layout, _ = _case("2x2-128x128-pruned-col", torch.float16)
+    a = torch.randn(layout.shape[0], 50).half()
+    b = torch.randn(layout.shape[1], 50).half()
+    lt = layout.tensors()
+    out = bsr_sddmm(*_on_device(a, b, *lt)).cpu()
+    assert_error_budget(out, reference.bsr_sddmm(a, b, *lt), reference.bsr_sddmm(a.double(), b.double(), *lt),
+                        3.0, "sddmm")
+
+
+def test_prune_drops_duplicate_tiles_and_keeps_one():
+    """On 16x16 blocks most configs become the same tile; a tiny shared memory still leaves one config."""
+    args = {"values_ptr": torch.empty(0, dtype=torch.float16), "BH": 16, "BW": 16, "TRANSPOSED": False}
+    prune = spmm_module.tuning.make_prune(spmm_module._tile)
+    kept = prune(spmm_module.TUNED_CONFIGS, args)
+    tiles = [(spmm_module._tile(c, args)[0], c.num_warps, c.num_stages) for c in kept]
+    assert len(tiles) == len(set(tiles)) < len(spmm_module.TUNED_CONFIGS)
+    assert all(t[0][:2] == (16, 16) for t in tiles)
+
+
+def test_prune_keeps_the_smallest_when_nothing_fits(monkeypatch):
+    monkeypatch.setattr(spmm_module.tuning, "max_shared_bytes", lambda args: 1)
+    args = {"values_ptr": torch.empty(0), "BH": 128, "BW": 128, "TRANSPOSED": True}
+    kept = spmm_module.tuning.make_prune(spmm_module._tile)(spmm_module.TUNED_CONFIGS, args)
+    assert len(kept) == 1
+    assert spmm_module._tile(kept[0], args)[1] == min(spmm_module._tile(c, args)[1]
+                                                      for c in spmm_module.TUNED_CONFIGS)
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 def _good():
@@ -226,16 +338,34 @@ def test_mismatched_dtypes_are_type_errors():
         bsr_sddmm(dy.half(), x, *lt)
 
 
-def test_unsupported_block_size_is_a_value_error():
-    mask = torch.ones(16, 16, dtype=torch.bool)
-    layout = BSRLayout.from_mask(mask, (8, 8))
-    values = torch.randn(layout.block.nnz, 8, 8, device=DEVICE)
-    x = torch.randn(16, 3, device=DEVICE)
+@pytest.mark.parametrize("block", [(8, 8), (16, 8), (256, 16), (48, 48)])
+def test_unsupported_block_size_is_a_value_error(block):
+    bh, bw = block
+    layout = BSRLayout.from_mask(torch.ones(bh, bw, dtype=torch.bool), block)
+    values = torch.randn(layout.block.nnz, bh, bw, device=DEVICE)
     lt = _on_device(*layout.tensors())
-    with pytest.raises(ValueError, match="values: .* got 8x8"):
-        bsr_spmm(values, *lt, x)
-    with pytest.raises(ValueError, match="a, b: .* got 8x8"):
-        bsr_sddmm(x, x, *lt)
+    got = rf"the Triton kernels support blocks of 16 / 32 / 64 / 128 rows and columns .* got {bh}x{bw}"
+    with pytest.raises(ValueError, match="values: " + got):
+        bsr_spmm(values, *lt, torch.randn(bw, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="values: " + got):
+        bsr_spmm_bt(values, *lt, torch.randn(bw, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="a, b: " + got):
+        bsr_sddmm(torch.randn(bh, 3, device=DEVICE), torch.randn(bw, 3, device=DEVICE), *lt)
+
+
+def test_bad_bias_is_rejected():
+    values, lt, x, _ = _good()
+    bias = torch.randn(48, device=DEVICE)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(48,\), got \(47,\)"):
+        bsr_spmm_bt(values, *lt, x, bias[:-1])
+    with pytest.raises(ValueError, match=r"bias: expected shape \(48,\)"):
+        bsr_spmm_bt(values, *lt, x, bias.view(6, 8))
+    with pytest.raises(TypeError, match="bias: expected dtype torch.float32"):
+        bsr_spmm_bt(values, *lt, x, bias.half())
+    with pytest.raises(ValueError, match="bias: expected a tensor on"):
+        bsr_spmm_bt(values, *lt, x, bias.to("meta"))
+    with pytest.raises(ValueError, match="dense: expected 64 rows"):
+        bsr_spmm_bt(values, *lt, x[:-1], bias)
 
 
 def test_bad_shapes_are_value_errors():

@@ -1,89 +1,120 @@
-"""Block-sparse times dense in Triton: ``out = S @ dense`` and ``out = Sᵀ @ dense`` for a BSR matrix ``S``.
+"""Block-sparse times dense in Triton: ``out = S @ dense``, ``out = Sᵀ @ dense`` and the batch-major
+``out = (S @ dense)ᵀ + bias`` for a BSR matrix ``S``.
 
 ``S`` is an ``(n_block_rows·bh, n_block_cols·bw)`` matrix of which only some ``(bh, bw)`` blocks are kept
 (``sparsekern.layout.BSRLayout``): ``values`` (nnzb, bh, bw) holds them in block order (block row by block
 row, columns ascending), ``row_offsets``/``col_indices`` index them as a CSR matrix over the grid of blocks,
 and ``t_row_offsets``/``t_col_indices``/``t_perm`` are the same for the transposed grid (CSC order), where
 ``values[t_perm]`` would be the blocks in CSC order. Dense operands are feature-major ``(features, B)``.
+bh and bw are each 16, 32, 64 or 128 (rectangular blocks too).
 
 Tiling
 ------
-The output is cut into tiles of one block row by ``BLOCK_B`` batch columns; each program of the launch grid
+The output is cut into tiles of ``TILE_M`` rows of one block row by ``BLOCK_B`` batch columns; each program
+of the launch grid
 
-    grid = (n_block_rows, cdiv(B, BLOCK_B))
+    grid = (n_block_rows · bh / TILE_M, cdiv(B, BLOCK_B))
 
 owns one tile, so no two programs ever write the same element and no atomics are needed::
 
               dense (n_block_cols·bw, B)
                      ┌───┬───┬───┐
-                     │   │ ▒ │   │  block col 0     out tile (bh, BLOCK_B) =
-                     ├───┼───┼───┤                    Σ over the kept blocks k of block row r:
-                     │   │ ▒ │   │  block col 1         values[k] (bh, bw) @ dense[col_k·bw : +bw, tile]
-                     └───┴───┴───┘
+                     │   │ ▒ │   │  block col 0     out tile (TILE_M, BLOCK_B) =
+                     ├───┼───┼───┤                    Σ over the kept blocks k of block row r,
+                     │   │ ▒ │   │  block col 1       Σ over the TILE_K-wide slices j of the block:
+                     └───┴───┴───┘                      values[k][rows, j] @ dense[col_k·bw + j, tile]
       S (block row r)     ↑ BLOCK_B
     ┌────┬────┐
-    │ k0 │ k1 │   →   out rows r·bh : (r+1)·bh, the same BLOCK_B columns
+    │ k0 │ k1 │   →   out rows r·bh + (TILE_M rows), the same BLOCK_B columns
     └────┴────┘
 
-The program walks its block row's kept blocks ``row_offsets[r] .. row_offsets[r+1]``; for each one it
-loads the whole ``(bh, bw)`` block (bh, bw ≤ 64, so a block is at most 4096 elements and fits in registers)
-and the ``(bw, BLOCK_B)`` slice of ``dense`` at the block's column, and accumulates their ``tl.dot`` in a
-float32 ``(bh, BLOCK_B)`` accumulator. The work of a program is proportional to the kept blocks of its row
-only; a row with no kept blocks runs no iteration and stores its zero accumulator, so every output element is
-written exactly once and the output can be allocated uninitialised.
+``TILE_M = min(bh, BLOCK_M)`` and ``TILE_K = min(bw, BLOCK_K)``: blocks up to 64 wide are usually one tile
+(the whole block is loaded at once), a 128-wide block is walked in slices so that the pipelined operand
+tiles stay within shared memory (a whole 128x128 float32 block and its dense slice are 128 KB per pipeline
+stage), and a tall block may be split between ``bh / TILE_M`` programs, which gives small batches more
+programs to spread over the GPU. The slices of a block are a ``tl.static_range`` (unrolled), so the loop
+over kept blocks stays the one loop Triton software-pipelines.
+
+The program walks its block row's kept blocks ``row_offsets[r] .. row_offsets[r+1]``, accumulating the
+``tl.dot`` of each block slice with the ``(TILE_K, BLOCK_B)`` slice of ``dense`` in a float32
+``(TILE_M, BLOCK_B)`` accumulator. The work of a program is proportional to the kept blocks of its row
+only; a row with no kept blocks runs no iteration and stores its zero accumulator (plus the bias), so every
+output element is written exactly once and the output can be allocated uninitialised.
 
 The batch edge (B not a multiple of BLOCK_B, e.g. B = 1 or 7) is handled by masked loads (other=0, so the
-padded columns contribute nothing) and a masked store. The block dimensions need no mask: bh and bw are
-compile-time constants, powers of two, that tile S exactly.
+padded columns contribute nothing) and a masked store. The block dimensions need no mask: bh, bw and the
+tiles are compile-time powers of two that tile S exactly.
 
 The transposed product (the input gradient ``dx = Sᵀ dy`` of ``y = S x``) is the same program over the
 transposed grid: one program per block *column* c of S, walking ``t_row_offsets[c] .. t_row_offsets[c+1]``.
 Position p there names the block ``k = t_perm[p]`` of ``values`` (block order) and its block row
-``t_col_indices[p]``; the program loads ``values[k]`` as usual and transposes it in registers
+``t_col_indices[p]``; the program loads its slice of ``values[k]`` as usual and transposes it in registers
 (``tl.trans``) before the dot, so no transposed, CSC-ordered copy of the values is ever materialised and the
 backward never re-sorts. The ``TRANSPOSED`` constexpr selects between the two at compile time.
+
+The batch-major product ``bsr_spmm_bt`` (the layer's forward output ``y = x Wᵀ + b``, shape (B, n_rows)) is
+the plain product with a different epilogue: the bias of the tile's rows is added to the float32
+accumulator, and the tile is stored through the output's strides (row stride 1, batch stride n_rows), i.e.
+transposed on the way out; there is no separate transpose pass and no (n_rows, B) intermediate.
 
 Precision: ``tl.dot`` gets ``input_precision="ieee"``: float32 inputs then use true float32 FMAs, not TF32
 tensor cores, whose 10-bit mantissa would break the tolerance rule of the tests (at most twice the error of
 PyTorch's float32 GEMM); the option does not apply to float16/bfloat16 inputs, which run on tensor cores
-with a float32 accumulator. The result is rounded once, to
-the input dtype, at the store.
+with a float32 accumulator. The result (bias included) is rounded once, to the input dtype, at the store.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-# Under TRITON_INTERPRET=1 every config of an autotuner would be benchmarked by the (slow) interpreter, so
-# there we use a single config; on a GPU a small list covering Ampere and Hopper.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from . import tuning
+from .tuning import INTERPRET
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-BLOCK_SIZES = (16, 32, 64)  # tl.dot wants every dimension >= 16; powers of two for the block layout
+BLOCK_SIZES = (16, 32, 64, 128)  # tl.dot wants every dimension >= 16; powers of two for the tiles
+
+# BLOCK_B = 32 so that the tests' batch sizes cover one partial tile (1, 7) and several tiles (50); caps of 64
+# so that the tests' 128-wide blocks take the split-rows and sliced-block paths. Used under the interpreter
+# and with SPARSEKERN_TRITON_AUTOTUNE=0; it fits every GPU: 3 · (64·64 + 64·32) · 4 B = 72 KB.
+FIXED_CONFIG = tuning.config(4, 3, BLOCK_B=32, BLOCK_M=64, BLOCK_K=64)
+
+TUNED_CONFIGS = [
+    # Small batches: few batch tiles, so split tall blocks over more programs and keep tiles narrow.
+    tuning.config(4, 3, BLOCK_B=32, BLOCK_M=64, BLOCK_K=64),
+    tuning.config(4, 3, BLOCK_B=32, BLOCK_M=128, BLOCK_K=64),
+    tuning.config(4, 4, BLOCK_B=64, BLOCK_M=64, BLOCK_K=64),
+    tuning.config(4, 3, BLOCK_B=64, BLOCK_M=128, BLOCK_K=64),
+    # Large batches. Ampere: 128x128 tiles with 4 warps and K slices of 32, 4 stages (64 KB of its 163 KB
+    # at 16 bits, as compiled for sm_80). Hopper: 8 warps (two warpgroups for wgmma), K slices of 64, and
+    # 128x256 tiles, which take 192 KB of its 227 KB at 16 bits and 3 stages (compiled for sm_90).
+    tuning.config(4, 4, BLOCK_B=128, BLOCK_M=128, BLOCK_K=32),
+    tuning.config(8, 3, BLOCK_B=128, BLOCK_M=128, BLOCK_K=64),
+    tuning.config(8, 4, BLOCK_B=128, BLOCK_M=64, BLOCK_K=64),
+    tuning.config(8, 3, BLOCK_B=256, BLOCK_M=128, BLOCK_K=64),
+]
 
 
-def _configs():
-    if INTERPRET:
-        # BLOCK_B = 32 so that the tests' batch sizes cover one partial tile (1, 7) and several tiles (50).
-        return [triton.Config({"BLOCK_B": 32}, num_warps=4, num_stages=1)]
-    return [
-        # Small batches / many block rows: more programs in flight.
-        triton.Config({"BLOCK_B": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 64}, num_warps=4, num_stages=4),
-        # Large batches: wider tiles amortise each block load over more columns (Hopper likes 8 warps here).
-        triton.Config({"BLOCK_B": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_B": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_B": 256}, num_warps=8, num_stages=3),
-    ]
+def _tile(config, args):
+    """(TILE_M, TILE_K, BLOCK_B) of a config on this launch, and the shared memory its stages need."""
+    if "BH" not in args or "BW" not in args:
+        return None
+    transposed = bool(args.get("TRANSPOSED", False))
+    in_block, out_block = (args["BH"], args["BW"]) if transposed else (args["BW"], args["BH"])
+    m = tuning.capped(config.kwargs["BLOCK_M"], out_block)
+    k = tuning.capped(config.kwargs["BLOCK_K"], in_block)
+    b = config.kwargs["BLOCK_B"]
+    element = args["values_ptr"].element_size()
+    return (m, k, b), config.num_stages * (m * k + k * b) * element
 
 
 # ------------------------------------------------------------------------------------------------ kernel
 
-@triton.autotune(configs=_configs(), key=["batch", "BH", "BW", "TRANSPOSED"])
+# The key: stride_out_row is 1 for the batch-major store (bsr_spmm_bt) and the batch for the others, so
+# with the batch it tells the two store patterns apart without keying on the layer's size.
+@triton.autotune(configs=tuning.choose(FIXED_CONFIG, TUNED_CONFIGS),
+                 key=["batch", "BH", "BW", "TRANSPOSED", "stride_out_row"],
+                 prune_configs_by={"early_config_prune": tuning.make_prune(_tile)})
 @triton.jit
 def _bsr_spmm_kernel(
     values_ptr,  # (nnzb, BH, BW) contiguous, block order
@@ -91,34 +122,43 @@ def _bsr_spmm_kernel(
     indices_ptr,  # (nnzb,): the block column of each entry (col_indices), or its block row (t_col_indices)
     perm_ptr,  # (nnzb,) t_perm when TRANSPOSED (entry p of the transposed grid is block t_perm[p]); else unused
     dense_ptr,  # (n_in_blocks · IN_BLOCK, batch), unit column stride
-    out_ptr,  # (n_out_blocks · OUT_BLOCK, batch), contiguous
+    bias_ptr,  # (n_out_blocks · OUT_BLOCK,) when HAS_BIAS; else unused
+    out_ptr,  # element (row, column b) at row · stride_out_row + b · stride_out_b
     batch,
     stride_dense,  # row stride of dense, in elements
+    stride_out_row,
+    stride_out_b,
     BH: tl.constexpr,
     BW: tl.constexpr,
     TRANSPOSED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_B: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # S @ dense: a block maps BW input rows to BH output rows. Sᵀ @ dense: the other way round.
     IN_BLOCK: tl.constexpr = BH if TRANSPOSED else BW
     OUT_BLOCK: tl.constexpr = BW if TRANSPOSED else BH
+    # A config's BLOCK_M / BLOCK_K are caps: the tiles never exceed the block (see tuning.py).
+    TILE_M: tl.constexpr = OUT_BLOCK if OUT_BLOCK < BLOCK_M else BLOCK_M
+    TILE_K: tl.constexpr = IN_BLOCK if IN_BLOCK < BLOCK_K else BLOCK_K
+    M_SPLIT: tl.constexpr = OUT_BLOCK // TILE_M
 
-    out_block = tl.program_id(0)  # the block row of the output this program owns
-    tile = tl.program_id(1)  # and which BLOCK_B batch columns of it
+    # Programs of the same block row are neighbours in the grid: they read the same dense slices, which
+    # then come from L2.
+    out_block = tl.program_id(0) // M_SPLIT  # the block row of the output this program works in
+    offs_m = (tl.program_id(0) % M_SPLIT) * TILE_M + tl.arange(0, TILE_M)  # its rows within the block
+    tile = tl.program_id(1)  # and which BLOCK_B batch columns
 
     offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B)
     in_batch = offs_b < batch  # the batch edge mask
-    offs_in = tl.arange(0, IN_BLOCK)
-    offs_h = tl.arange(0, BH)
-    offs_w = tl.arange(0, BW)
-    # Offsets of one block's elements, row-major (bh, bw): the same for every block, only the base moves.
-    block_offs = offs_h[:, None] * BW + offs_w[None, :]
+    offs_k = tl.arange(0, TILE_K)
 
     # int64 positions: nnzb · bh · bw, and the dense offsets, can exceed 2^31 on large layers.
     start = tl.load(offsets_ptr + out_block).to(tl.int64)
     n_kept = tl.load(offsets_ptr + out_block + 1) - start  # 0 for a fully pruned block row
 
-    acc = tl.zeros((OUT_BLOCK, BLOCK_B), dtype=tl.float32)
+    acc = tl.zeros((TILE_M, BLOCK_B), dtype=tl.float32)
     for i in range(0, n_kept):
         p = start + i  # position in the (transposed) grid's entry order
         in_block = tl.load(indices_ptr + p).to(tl.int64)
@@ -126,17 +166,23 @@ def _bsr_spmm_kernel(
             k = tl.load(perm_ptr + p).to(tl.int64)  # ... names block k of values (block order)
         else:
             k = p
-        block = tl.load(values_ptr + k * (BH * BW) + block_offs)  # (BH, BW)
-        if TRANSPOSED:
-            block = tl.trans(block)  # (BW, BH), in registers
-        rows = in_block * IN_BLOCK + offs_in
-        x = tl.load(dense_ptr + rows[:, None] * stride_dense + offs_b[None, :], mask=in_batch[None, :],
-                    other=0.0)  # (IN_BLOCK, BLOCK_B)
-        acc = tl.dot(block, x, acc, input_precision="ieee")  # see "Precision" above
+        block_ptr = values_ptr + k * (BH * BW)  # the block, row-major (BH, BW)
+        for j in tl.static_range(0, IN_BLOCK, TILE_K):
+            if TRANSPOSED:
+                # Rows j.. of the block, the columns this program outputs; transposed in registers.
+                a = tl.trans(tl.load(block_ptr + (j + offs_k)[:, None] * BW + offs_m[None, :]))
+            else:
+                a = tl.load(block_ptr + offs_m[:, None] * BW + (j + offs_k)[None, :])  # (TILE_M, TILE_K)
+            rows = in_block * IN_BLOCK + j + offs_k
+            x = tl.load(dense_ptr + rows[:, None] * stride_dense + offs_b[None, :], mask=in_batch[None, :],
+                        other=0.0)  # (TILE_K, BLOCK_B)
+            acc = tl.dot(a, x, acc, input_precision="ieee")  # see "Precision" above
 
-    out_rows = out_block.to(tl.int64) * OUT_BLOCK + tl.arange(0, OUT_BLOCK)
-    tl.store(out_ptr + out_rows[:, None] * batch + offs_b[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=in_batch[None, :])
+    out_rows = out_block.to(tl.int64) * OUT_BLOCK + offs_m
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + out_rows).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + out_rows[:, None] * stride_out_row + offs_b.to(tl.int64)[None, :] * stride_out_b
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_batch[None, :])
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -202,8 +248,8 @@ def check_dense(name, t, dtype, device, rows):
 
 # --------------------------------------------------------------------------------------------- wrappers
 
-def _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
-          transposed):
+def _check_values(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    """The checks every product shares; returns the layout tensors made contiguous and the block shape."""
     check_float("values", values)
     if values.dim() != 3:
         raise ValueError(f"values: expected (nnzb, bh, bw) blocks, got shape {tuple(values.shape)}")
@@ -216,6 +262,28 @@ def _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm
     t_col_indices = check_index("t_col_indices", t_col_indices, device, nnzb)
     t_perm = check_index("t_perm", t_perm, device, nnzb)
     check_index("t_perm_inv", t_perm_inv, device, nnzb)
+    return (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm), bh, bw
+
+
+def _launch(values, offsets, indices, t_perm, dense, bias, out, n_out, out_block, transposed):
+    """One program per (TILE_M rows of an output block row, BLOCK_B batch columns); out (rows, batch) is
+    addressed through its strides, so a (batch, rows) tensor viewed transposed gets the batch-major store."""
+    batch = dense.shape[1]
+    bh, bw = values.shape[1:]
+
+    def grid(meta):
+        m_split = out_block // tuning.capped(meta["BLOCK_M"], out_block)
+        return (n_out * m_split, triton.cdiv(batch, meta["BLOCK_B"]))
+
+    _bsr_spmm_kernel[grid](values.contiguous(), offsets, indices, t_perm, dense,
+                           bias if bias is not None else values, out, batch, dense.stride(0), out.stride(0),
+                           out.stride(1), BH=bh, BW=bw, TRANSPOSED=transposed, HAS_BIAS=bias is not None)
+
+
+def _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+          transposed):
+    (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm), bh, bw = _check_values(
+        values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     n_block_rows, n_block_cols = row_offsets.numel() - 1, t_row_offsets.numel() - 1
     if transposed:
         # Walk the transposed grid: block columns of S become the output's block rows.
@@ -224,26 +292,18 @@ def _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm
     else:
         offsets, indices, n_in, n_out, in_block, out_block = (row_offsets, col_indices, n_block_cols,
                                                                n_block_rows, bw, bh)
-    dense = check_dense("dense", dense, values.dtype, device, n_in * in_block)
-    batch = dense.shape[1]
-    out = torch.empty(n_out * out_block, batch, dtype=values.dtype, device=device)
-    if out.numel() == 0:
-        return out
-    values = values.contiguous()
-
-    def grid(meta):
-        return (n_out, triton.cdiv(batch, meta["BLOCK_B"]))
-
-    _bsr_spmm_kernel[grid](values, offsets, indices, t_perm, dense, out, batch, dense.stride(0),
-                           BH=bh, BW=bw, TRANSPOSED=transposed)
+    dense = check_dense("dense", dense, values.dtype, values.device, n_in * in_block)
+    out = torch.empty(n_out * out_block, dense.shape[1], dtype=values.dtype, device=values.device)
+    if out.numel():
+        _launch(values, offsets, indices, t_perm, dense, None, out, n_out, out_block, transposed)
     return out
 
 
 def bsr_spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense):
     """``S @ dense``: values (nnzb, bh, bw), dense (n_block_cols·bw, B) → (n_block_rows·bh, B).
 
-    Same arguments and result as ``sparsekern.reference.bsr_spmm``; bh, bw in {16, 32, 64}; float32, float16
-    or bfloat16 (float32 accumulation, result in the input dtype).
+    Same arguments and result as ``sparsekern.reference.bsr_spmm``; bh, bw in {16, 32, 64, 128}; float32,
+    float16 or bfloat16 (float32 accumulation, result in the input dtype).
     """
     return _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
                  transposed=False)
@@ -257,3 +317,31 @@ def bsr_spmm_t(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t
     """
     return _spmm(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
                  transposed=True)
+
+
+def bsr_spmm_bt(values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, dense,
+                bias=None):
+    """``(S @ dense)ᵀ + bias``: dense (n_block_cols·bw, B) → (B, n_block_rows·bh), contiguous, batch-major.
+
+    Same arguments and result as the ``sparsekern::bsr_spmm_bt`` reference; ``bias`` (n_block_rows·bh,) or
+    None, of the values' dtype and device. The bias is added to the float32 accumulator and the tile stored
+    transposed, in the kernel's epilogue: one pass, one rounding.
+    """
+    (row_offsets, col_indices, t_row_offsets, _, t_perm), bh, bw = _check_values(
+        values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
+    n_block_rows, n_block_cols = row_offsets.numel() - 1, t_row_offsets.numel() - 1
+    dense = check_dense("dense", dense, values.dtype, values.device, n_block_cols * bw)
+    n_rows = n_block_rows * bh
+    if bias is not None:
+        check_float("bias", bias, values.dtype)
+        if bias.device != values.device:
+            raise ValueError(f"bias: expected a tensor on {values.device} (where the values are), got one on "
+                             f"{bias.device}")
+        if bias.dim() != 1 or bias.shape[0] != n_rows:
+            raise ValueError(f"bias: expected shape ({n_rows},), got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+    out = torch.empty(dense.shape[1], n_rows, dtype=values.dtype, device=values.device)
+    if out.numel():
+        # out.t() is (n_rows, B) with strides (1, n_rows): the kernel's (row, batch) tile lands batch-major.
+        _launch(values, row_offsets, col_indices, t_perm, dense, bias, out.t(), n_block_rows, bh, False)
+    return out
