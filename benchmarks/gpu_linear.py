@@ -300,6 +300,10 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     n_in, n_out, tokens = args.shape
+    stem = args.name or ("linear_gpu_quick" if args.quick else
+                         "linear_gpu_" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.out_stem = str(Path(args.out) / stem)
     env = environment(device)
     print(f"# GPU Linear benchmark: {n_in}->{n_out}, {tokens} tokens on {env['gpu']}", flush=True)
     rows = []
@@ -338,17 +342,24 @@ def main(argv=None) -> int:
                         and r["dtype"] == str(dtype).removeprefix("torch.")]
                 print("  " + " ".join(f"{r['candidate']}={fmt_ratio(r.get('speedup_fwd+bwd'))}" for r in done)
                       + f"   [{str(dtype).removeprefix('torch.')} {layout_key(layout)} {sparsity}]", flush=True)
-    columns = ["dtype", "layout", "sparsity", "candidate"] + [f"{p}_ms" for p in PHASES] + \
-        [f"{p}_iqr_ms" for p in PHASES] + [f"speedup_{p}" for p in PHASES] + ["check", "notes"]
-    out = Path(args.out)
-    stem = args.name or ("linear_gpu_quick" if args.quick else
-                         "linear_gpu_" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    write_csv(out / f"{stem}.csv", rows, columns)
-    report = render(rows, env, args)
-    (out / f"{stem}.md").write_text(report)
+                write_results(rows, env, args)
+    report = write_results(rows, env, args)
     print(report)
-    print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.md')}")
+    print(f"wrote {args.out_stem}.csv and {args.out_stem}.md")
     return 1 if any(r["check"].startswith("FAIL") for r in rows) else 0
+
+
+COLUMNS = ["dtype", "layout", "sparsity", "candidate"] + [f"{p}_ms" for p in PHASES] + \
+    [f"{p}_iqr_ms" for p in PHASES] + [f"speedup_{p}" for p in PHASES] + ["check", "notes"]
+
+
+def write_results(rows, env, args) -> str:
+    """The CSV and the markdown report of the rows so far: called after every case, so a run stopped by a
+    time limit keeps what it measured."""
+    write_csv(Path(f"{args.out_stem}.csv"), rows, COLUMNS)
+    report = render(rows, env, args)
+    Path(f"{args.out_stem}.md").write_text(report)
+    return report
 
 
 def summarize_ms(values_ms):

@@ -11,14 +11,15 @@ every in-place write, so an edited tensor is checked again.
 An address alone is not an identity: once a tensor is freed the caching allocator hands the same address to
 the next tensor of that size (different contents, version 0, same numel). Each entry therefore keeps weak
 references to the tensors it checked and counts only while they are all alive: a live tensor holds its
-memory, so nothing else can be at that address. The cache is an LRU of bounded size.
+memory, so nothing else can be at that address (and it is asked again whether it still holds that memory at
+that version). The cache is an LRU of bounded size, large enough for a few hundred sparse layers.
 """
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
 
-_MAX_ENTRIES = 1024
+_MAX_ENTRIES = 8192
 _validated: OrderedDict = OrderedDict()
 
 
@@ -36,9 +37,16 @@ def check_once(tag: str, tensors, check) -> None:
     if key is not None:
         key = (tag, key)
         refs = _validated.get(key)
-        if refs is not None and all(ref() is not None for ref in refs):
-            _validated.move_to_end(key)
-            return
+        if refs is not None:
+            alive = [ref() for ref in refs]
+            # Alive and still at that address and version: `t.data = other` or `t.set_()` keeps a tensor alive
+            # but lets its old memory go to another tensor.
+            if all(t is not None for t in alive) and _storage_key(alive) == key[1]:
+                try:
+                    _validated.move_to_end(key)
+                except KeyError:  # evicted meanwhile by another thread: still checked, just not refreshed
+                    pass
+                return
     check()
     if key is not None:
         _validated[key] = tuple(weakref.ref(t) for t in tensors)

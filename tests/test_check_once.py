@@ -47,3 +47,13 @@ def test_a_dead_tensor_does_not_vouch_for_its_address(monkeypatch):
     gc.collect()
     check_once.check_once("a", (torch.arange(4),), lambda: calls.append(2))
     assert calls == [1, 2]
+
+
+def test_a_live_tensor_that_gave_up_its_memory_does_not_vouch_for_it():
+    calls = []
+    t = torch.arange(6)
+    check_once.check_once("a", (t,), lambda: calls.append(1))
+    with torch.no_grad():
+        t.set_(torch.arange(6) + 1)  # t lives on, with other memory: its old key must not vouch any more
+    check_once.check_once("a", (t,), lambda: calls.append(2))
+    assert calls == [1, 2]

@@ -269,6 +269,40 @@ def test_tall_layer_and_wide_batch(dtype):
     _budget(dots, (other @ dense.T)[mask], oracle_mm(other, dense.T)[mask], dtype, "dots")
 
 
+# Shapes whose launch plan keeps the widest pack (16 bytes per lane: V = 4 float32, 8 half, 2 float64): enough
+# rows to fill a 132-SM GPU with one batch tile (plan_row_tiles halves V below 32 warps per SM), which the
+# smaller shapes above never reach. Offsets (misaligned bases) and padded rows must fall back or read right.
+WIDE_PACK = {F32: 128, F16: 256, BF16: 256, F64: 64}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("operand", ["contiguous", "padded", "unaligned"])
+def test_every_op_with_the_widest_pack(dtype, operand):
+    n_rows, n_cols, batch = 4500, 96, WIDE_PACK[dtype]
+    mask = _mask(n_rows, n_cols, 0.9)
+    lt = CSRLayout.from_mask(mask).tensors()
+    w = _weight(mask, dtype)
+
+    def feature_major(rows):
+        if operand == "contiguous":
+            return _randn(rows, batch, dtype=dtype)
+        if operand == "padded":
+            return _randn(rows, batch + 8, dtype=dtype)[:, :batch]
+        return _randn(rows * batch + 1, dtype=dtype)[1:].view(rows, batch)  # base one element off
+    dense, other = feature_major(n_cols), feature_major(n_rows)
+    bias = _randn(n_rows, dtype=dtype)
+    nnz = int(mask.sum())
+    y = _call(_ops.csr_spmm, (w[mask], *lt, dense), [n_rows * batch], dtype)
+    _budget(y, w @ dense, oracle_mm(w, dense), dtype, "csr_spmm")
+    y_bt = _call(_ops.csr_spmm_bt, (w[mask], *lt, dense, bias), [batch * n_rows], dtype)
+    assert torch.equal(y_bt, (y.t() + bias)), "csr_spmm_bt must equal csr_spmm transposed plus the bias"
+    dots = _call(_ops.csr_sddmm, (other, dense, *lt), [nnz], dtype)
+    _budget(dots, (other @ dense.T)[mask], oracle_mm(other, dense.T)[mask], dtype, "csr_sddmm")
+    out, fused = _call(_ops.csr_spmm_sddmm_bt, (w[mask], *lt, dense, other), [batch * n_rows, nnz], dtype)
+    assert torch.equal(out, y.t()), "the fused op's output must equal csr_spmm transposed"
+    _budget(fused, (other @ dense.T)[mask], oracle_mm(other, dense.T)[mask], dtype, "csr_spmm_sddmm_bt dots")
+
+
 def test_results_are_deterministic():
     """No atomics: the same call twice gives the same bits (dot products split over several partial buffers)."""
     mask = _mask(50, 300, 0.7)

@@ -97,7 +97,9 @@ struct CheckedIndex {
 };
 
 struct CheckedIndexCache {
-  static constexpr size_t kMaxEntries = 256;  // layouts of a large model; beyond it, expired entries go first
+  // Two entries per CSR layer (W's row half, Wᵀ's in the backward): room for ~2000 layers before a cycle
+  // of calls would miss every time. Beyond it, expired entries go first. A scan is a few µs at this size.
+  static constexpr size_t kMaxEntries = 4096;
   std::mutex mutex;
   std::vector<CheckedIndex> entries;
 };

@@ -36,8 +36,7 @@ def _mask(n_rows, n_cols, density, gen):
     return mask
 
 
-def unstructured(device, dtype, batch, gen) -> bool:
-    n_rows, n_cols = 37, 53
+def unstructured(device, dtype, batch, gen, n_rows=37, n_cols=53) -> bool:
     layout = CSRLayout.from_mask(_mask(n_rows, n_cols, 0.2, gen))
     lt = layout.tensors()
     values = torch.randn(layout.nnz, generator=gen, dtype=torch.float64)
@@ -45,8 +44,8 @@ def unstructured(device, dtype, batch, gen) -> bool:
     other = torch.randn(n_rows, batch, generator=gen, dtype=torch.float64)
     dl = [t.to(device) for t in lt]
     v, d, o = (t.to(device, dtype) for t in (values, dense, other))
-    rtol = 1e-5 if dtype == torch.float32 else 1e-12
-    ok = _close(f"csr_spmm {dtype} B={batch}", ops.csr_spmm(v, *dl, d), reference.csr_spmm(values, *lt, dense), rtol)
+    rtol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    ok = _close(f"csr_spmm {dtype} {n_rows}x{n_cols} B={batch}", ops.csr_spmm(v, *dl, d), reference.csr_spmm(values, *lt, dense), rtol)
     ok &= _close(f"csr_spmm_bt {dtype} B={batch}", ops.csr_spmm_bt(v, *dl, d, None),
                  reference.csr_spmm(values, *lt, dense).t(), rtol)
     ok &= _close(f"csr_sddmm {dtype} B={batch}", ops.csr_sddmm(o, d, *dl),
@@ -71,9 +70,13 @@ def layer(device, block) -> bool:
     y.backward(torch.ones_like(y))
     w = dense.weight.detach().double() * mask
     ref_y = x.detach().double() @ w.t() + dense.bias.detach().double()
-    ref_dx = torch.ones(13, 48, dtype=torch.float64) @ w
+    ones = torch.ones(13, 48, dtype=torch.float64)
+    ref_dx = ones @ w
+    ref_dw = (ones.t() @ x.detach().double())[mask]  # the kept weights, row-major: weight_values' order
     name = "csr" if block is None else f"bsr{block}"
-    return _close(f"SparseLinear {name} y", y, ref_y, 1e-5) & _close(f"SparseLinear {name} dx", xd.grad, ref_dx, 1e-5)
+    return (_close(f"SparseLinear {name} y", y, ref_y, 1e-5) & _close(f"SparseLinear {name} dx", xd.grad, ref_dx, 1e-5)
+            & _close(f"SparseLinear {name} dW", sl.weight_values.grad, ref_dw, 1e-5)
+            & _close(f"SparseLinear {name} db", sl.bias.grad, ones.sum(0), 1e-5))
 
 
 def main(argv) -> int:
@@ -87,6 +90,10 @@ def main(argv) -> int:
     for dtype in (torch.float32, torch.float64):
         for batch in (0, 1, 33, 130):
             ok &= unstructured(device, dtype, batch, gen)
+    # Enough rows that the launch plan keeps 16-byte packs (V = 4 float32, 8 bfloat16) on a 132-SM GPU.
+    ok &= unstructured(device, torch.float32, 128, gen, n_rows=4500, n_cols=96)
+    if device.type == "cuda":  # the compiled CPU kernels take float32/float64 only
+        ok &= unstructured(device, torch.bfloat16, 256, gen, n_rows=4500, n_cols=96)
     for block in (None, 16):
         ok &= layer(device, block)
     if device.type == "cuda":
