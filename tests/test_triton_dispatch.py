@@ -64,18 +64,6 @@ def _fresh_validation_cache():
     dispatch.clear_validated_layouts()
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty that fills floating tensors with NaN: unwritten output elements cannot pass as results."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def _forbid(monkeypatch, target, name):
     def fail(*args, **kwargs):
         raise AssertionError(f"{name} must not run here")
