@@ -681,6 +681,8 @@ torch.library.register_autograd("sparsekern::permute", _permute_backward, setup_
 # The convolution family (its own file; registered on the same library).
 from ._ops_conv import (conv_output_size, csr_conv2d, csr_conv2d_input_grad,  # noqa: E402,F401
                         csr_conv2d_weight_grad)
+from . import conv_im2col as _conv_im2col  # noqa: E402,F401  (the CSR conv ops on CUDA, lowered onto csr_spmm/sddmm)
+from ._ops_conv_bsr import bsr_conv2d, bsr_conv2d_input_grad, bsr_conv2d_weight_grad  # noqa: E402,F401
 
 # The Triton kernels for CUDA tensors (bsr family), when triton is installed; a no-op without it.
 from . import triton as _triton  # noqa: E402,F401

@@ -41,14 +41,18 @@ def conv_output_size(input_size, kernel_size, stride, padding, dilation) -> tupl
                  for i, k, s, p, d in zip(input_size, kernel_size, stride, padding, dilation))
 
 
-def _check_geometry(layout, kernel_size, stride, padding, dilation, groups):
-    """Validates the geometry against the layout; returns (C_out, C_in) of the convolution."""
+def _check_geometry_args(kernel_size, stride, padding, dilation, groups):
     for name, v, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0),
                          ("dilation", dilation, 1)):
         if len(v) != 2 or any(int(e) < low for e in v):
             raise ValueError(f"{name}: expected two integers >= {low}, got {list(v)}")
     if groups < 1:
         raise ValueError(f"groups: expected a positive integer, got {groups}")
+
+
+def _check_geometry(layout, kernel_size, stride, padding, dilation, groups):
+    """Validates the geometry against the layout; returns (C_out, C_in) of the convolution."""
+    _check_geometry_args(kernel_size, stride, padding, dilation, groups)
     n_rows, n_cols, _ = _check_layout(*layout)
     taps = kernel_size[0] * kernel_size[1]
     if n_cols % taps:
@@ -171,62 +175,65 @@ csr_conv2d_weight_grad = torch.ops.sparsekern.csr_conv2d_weight_grad.default
 # --------------------------------------------------------------------------------------------- autograd
 # y = A_W x (+ b) with A_W linear in W and in x: dx = A_Wᵀ dy (input_grad), dW = ∂⟨A_W x, dy⟩/∂W at kept
 # weights (weight_grad). input_grad is linear in (grad, W) and weight_grad bilinear in (grad, x), so their
-# gradients are the three ops again.
+# gradients are the three ops again. The formulas do not depend on how W is stored, so the block-sparse
+# family (_ops_conv_bsr.py) registers the same ones over its own three ops.
 
-def _conv2d_setup(ctx, inputs, output):
-    x, values, *layout, bias, kernel_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, values, *layout)
-    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
+def register_conv_autograd(family: str, conv, input_grad, weight_grad) -> None:
+    """Registers the autograd of ``sparsekern::{family}_conv2d``, ``..._input_grad`` and ``..._weight_grad``,
+    each gradient written with the three ops ``conv``, ``input_grad`` and ``weight_grad``."""
+
+    def conv2d_setup(ctx, inputs, output):
+        x, values, *layout, bias, kernel_size, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, values, *layout)
+        ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    def conv2d_backward(ctx, grad):
+        x, values, *layout = ctx.saved_tensors
+        d_x = d_values = d_bias = None
+        if ctx.needs_input_grad[0]:
+            d_x = input_grad(grad, values, *layout, list(x.shape[2:]), *ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_values = weight_grad(grad, x, *layout, *ctx.geometry)
+        if ctx.has_bias and ctx.needs_input_grad[8]:
+            d_bias = grad.sum((0, 2, 3))
+        return (d_x, d_values, *([None] * 6), d_bias, None, None, None, None, None)
+
+    def input_grad_setup(ctx, inputs, output):
+        grad, values, *layout, input_size, kernel_size, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(grad, values, *layout)
+        ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+
+    def input_grad_backward(ctx, gg):
+        grad, values, *layout = ctx.saved_tensors
+        d_grad = d_values = None
+        if ctx.needs_input_grad[0]:
+            d_grad = conv(gg, values, *layout, None, *ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_values = weight_grad(grad, gg, *layout, *ctx.geometry)
+        return (d_grad, d_values, *([None] * 6), None, None, None, None, None, None)
+
+    def weight_grad_setup(ctx, inputs, output):
+        grad, x, *layout, kernel_size, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(grad, x, *layout)
+        ctx.geometry = (kernel_size, stride, padding, dilation, groups)
+
+    def weight_grad_backward(ctx, gv):
+        grad, x, *layout = ctx.saved_tensors
+        gv = gv.contiguous()
+        d_grad = d_x = None
+        if ctx.needs_input_grad[0]:
+            d_grad = conv(x, gv, *layout, None, *ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_x = input_grad(grad, gv, *layout, list(x.shape[2:]), *ctx.geometry)
+        return (d_grad, d_x, *([None] * 6), None, None, None, None, None)
+
+    name = f"sparsekern::{family}_conv2d"
+    torch.library.register_autograd(name, conv2d_backward, setup_context=conv2d_setup, lib=_lib)
+    torch.library.register_autograd(name + "_input_grad", input_grad_backward, setup_context=input_grad_setup,
+                                    lib=_lib)
+    torch.library.register_autograd(name + "_weight_grad", weight_grad_backward, setup_context=weight_grad_setup,
+                                    lib=_lib)
 
 
-def _conv2d_backward(ctx, grad):
-    x, values, *layout = ctx.saved_tensors
-    d_x = d_values = d_bias = None
-    if ctx.needs_input_grad[0]:
-        d_x = csr_conv2d_input_grad(grad, values, *layout, list(x.shape[2:]), *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        d_values = csr_conv2d_weight_grad(grad, x, *layout, *ctx.geometry)
-    if ctx.has_bias and ctx.needs_input_grad[8]:
-        d_bias = grad.sum((0, 2, 3))
-    return (d_x, d_values, *([None] * 6), d_bias, None, None, None, None, None)
-
-
-def _input_grad_setup(ctx, inputs, output):
-    grad, values, *layout, input_size, kernel_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad, values, *layout)
-    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
-
-
-def _input_grad_backward(ctx, gg):
-    grad, values, *layout = ctx.saved_tensors
-    d_grad = d_values = None
-    if ctx.needs_input_grad[0]:
-        d_grad = csr_conv2d(gg, values, *layout, None, *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        d_values = csr_conv2d_weight_grad(grad, gg, *layout, *ctx.geometry)
-    return (d_grad, d_values, *([None] * 6), None, None, None, None, None, None)
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    grad, x, *layout, kernel_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad, x, *layout)
-    ctx.geometry = (kernel_size, stride, padding, dilation, groups)
-
-
-def _weight_grad_backward(ctx, gv):
-    grad, x, *layout = ctx.saved_tensors
-    gv = gv.contiguous()
-    d_grad = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad = csr_conv2d(x, gv, *layout, None, *ctx.geometry)
-    if ctx.needs_input_grad[1]:
-        d_x = csr_conv2d_input_grad(grad, gv, *layout, list(x.shape[2:]), *ctx.geometry)
-    return (d_grad, d_x, *([None] * 6), None, None, None, None, None)
-
-
-torch.library.register_autograd("sparsekern::csr_conv2d", _conv2d_backward, setup_context=_conv2d_setup, lib=_lib)
-torch.library.register_autograd("sparsekern::csr_conv2d_input_grad", _input_grad_backward,
-                                setup_context=_input_grad_setup, lib=_lib)
-torch.library.register_autograd("sparsekern::csr_conv2d_weight_grad", _weight_grad_backward,
-                                setup_context=_weight_grad_setup, lib=_lib)
+register_conv_autograd("csr", csr_conv2d, csr_conv2d_input_grad, csr_conv2d_weight_grad)

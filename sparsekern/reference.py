@@ -168,3 +168,90 @@ def csr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_c
     u = _unfold_feature_major(x, kernel_size, stride, padding, dilation)
     g = grad.transpose(0, 1).reshape(grad.shape[1], -1)
     return _entry_dots(g, u, rows, cols)
+
+
+# ------------------------------------------------------------------------------ block-sparse convolution
+# The weight viewed tap-major, ``W.permute(0, 2, 3, 1).reshape(C_out, kH·kW·C_in/groups)`` (column
+# t·Cg + c for tap t = kh·kW + kw and channel c of the group), is a BSR matrix of (bh, bw) blocks with bw
+# dividing Cg: each block column is one tap and bw consecutive input channels, the K-slice an implicit-GEMM
+# kernel loads. The reference unfolds the input into the same tap-major order and multiplies block by block.
+
+def _unfold_tap_major(x, kernel_size, stride, padding, dilation, groups):
+    """im2col of x (N, C, H, W) as (groups·kH·kW·Cg, N·L), rows g·(kH·kW·Cg) + t·Cg + c."""
+    u = torch.nn.functional.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    n, _, pixels = u.shape
+    taps = kernel_size[0] * kernel_size[1]
+    u = u.view(n, groups, x.shape[1] // groups, taps, pixels).transpose(2, 3)  # (N, G, T, Cg, L)
+    return u.permute(1, 2, 3, 0, 4).reshape(x.shape[1] * taps, n * pixels)
+
+
+def _fold_tap_major(du, n, pixels, channels, input_size, kernel_size, stride, padding, dilation, groups):
+    """The inverse arrangement of _unfold_tap_major, then col2im (sums overlapping patches)."""
+    taps = kernel_size[0] * kernel_size[1]
+    du = du.view(groups, taps, channels // groups, n, pixels).permute(3, 0, 2, 1, 4)  # (N, G, Cg, T, L)
+    du = du.reshape(n, channels * taps, pixels)
+    return torch.nn.functional.fold(du, tuple(input_size), kernel_size, dilation=dilation, padding=padding,
+                                    stride=stride)
+
+
+def _block_coordinates(row_offsets, col_indices, t_row_offsets, groups):
+    """(block row, block of the tap-major unfolded input) of every kept block: the block column plus its
+    group's offset (a group's output channels read only its own unfolded rows)."""
+    n_block_rows, n_block_cols = row_offsets.numel() - 1, t_row_offsets.numel() - 1
+    rows = row_ids(row_offsets)
+    block_rows_per_group = n_block_rows // groups
+    return rows, col_indices.long() + (rows // block_rows_per_group) * n_block_cols
+
+
+def bsr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, bias,
+               kernel_size, stride, padding, dilation, groups, output_size):
+    """y (N, C_out, OH, OW) = conv2d(x, W) + bias for the tap-major block-sparse W; work ∝ kept blocks."""
+    nnzb, bh, bw = values.shape
+    n, n_block_rows = x.shape[0], row_offsets.numel() - 1
+    rows, cols = _block_coordinates(row_offsets, col_indices, t_row_offsets, groups)
+    compute = _compute_dtype(x.dtype)
+    u = _unfold_tap_major(x, kernel_size, stride, padding, dilation, groups)
+    u_blocks = u.view(u.shape[0] // bw, bw, u.shape[1])
+    out = x.new_zeros(n_block_rows, bh, u.shape[1], dtype=compute)
+    for s in _chunks(nnzb, u.shape[1] * bh * bw):
+        out.index_add_(0, rows[s], torch.bmm(values[s].to(compute), u_blocks[cols[s]].to(compute)))
+    out = out.view(n_block_rows * bh, n, *output_size).transpose(0, 1)
+    if bias is not None:
+        out = out + bias.to(compute).view(1, -1, 1, 1)
+    return out.to(x.dtype).contiguous()
+
+
+def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
+                          t_perm_inv, input_size, kernel_size, stride, padding, dilation, groups):
+    """dx (N, C_in, H, W) of y = bsr_conv2d(x, W) given dy = grad: Wᵀ block by block on the unfolded grid,
+    folded."""
+    nnzb, bh, bw = values.shape
+    n, n_block_rows = grad.shape[0], row_offsets.numel() - 1
+    n_block_cols = t_row_offsets.numel() - 1
+    rows, cols = _block_coordinates(row_offsets, col_indices, t_row_offsets, groups)
+    compute = _compute_dtype(grad.dtype)
+    g = grad.transpose(0, 1).reshape(grad.shape[1], -1)  # (C_out, N·L)
+    g_blocks = g.view(n_block_rows, bh, g.shape[1])
+    du = grad.new_zeros(groups * n_block_cols, bw, g.shape[1], dtype=compute)
+    for s in _chunks(nnzb, g.shape[1] * bh * bw):
+        du.index_add_(0, cols[s], torch.bmm(values[s].transpose(1, 2).to(compute), g_blocks[rows[s]].to(compute)))
+    channels = groups * n_block_cols * bw // (kernel_size[0] * kernel_size[1])
+    return _fold_tap_major(du, n, grad.shape[2] * grad.shape[3], channels, input_size, kernel_size, stride, padding, dilation,
+                           groups).to(grad.dtype)
+
+
+def bsr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv,
+                           kernel_size, stride, padding, dilation, groups):
+    """dW at the kept blocks only (nnzb, bh, bw): dy's block row times the unfolded block column it multiplies."""
+    n_block_rows, n_block_cols = row_offsets.numel() - 1, t_row_offsets.numel() - 1
+    bh = grad.shape[1] // n_block_rows
+    rows, cols = _block_coordinates(row_offsets, col_indices, t_row_offsets, groups)
+    compute = _compute_dtype(x.dtype)
+    u = _unfold_tap_major(x, kernel_size, stride, padding, dilation, groups)
+    bw = u.shape[0] // (groups * n_block_cols)
+    u_blocks = u.view(groups * n_block_cols, bw, u.shape[1])
+    g_blocks = grad.transpose(0, 1).reshape(n_block_rows, bh, u.shape[1])
+    out = x.new_empty(cols.numel(), bh, bw)
+    for s in _chunks(cols.numel(), u.shape[1] * bh * bw):
+        out[s] = torch.bmm(g_blocks[rows[s]].to(compute), u_blocks[cols[s]].transpose(1, 2).to(compute))
+    return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
-# A SparseLinear may also hold 16-bit weights: the Triton kernels serve them on CUDA (float32 accumulation);
-# the compiled CPU kernels take float32/float64 only and say so, and the dense backend runs any of them.
-LINEAR_DTYPES = FLOAT_DTYPES + (torch.float16, torch.bfloat16)
+# A SparseLinear or SparseConv2d may also hold 16-bit weights: the Triton kernels (block masks) and the CUDA C++
+# kernels (CSR) serve them on CUDA with float32 accumulation; the compiled CPU kernels take float32/float64 only
+# and say so, and the dense backend runs any of them.
+LAYER_DTYPES = FLOAT_DTYPES + (torch.float16, torch.bfloat16)
 
 
 def check_mask(mask, name: str = "mask", shape=None, device=None) -> torch.Tensor:

@@ -160,6 +160,25 @@ def block_mask(grid_shape, block_size, sparsity: float, prune_lines: bool = Fals
     return grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
 
 
+def tap_block_mask(c_out, group_in, kernel_size, block_size, sparsity: float, prune_lines: bool = False):
+    """A conv mask (c_out, group_in, kH, kW) made of whole (bh out x bw in channels) blocks at each kernel tap,
+    i.e. whole blocks of the tap-major view (c_out, kH*kW*group_in) that the bsr_conv2d ops take."""
+    kh, kw = kernel_size
+    bh, bw = block_size
+    tap_major = block_mask((c_out // bh, kh * kw * group_in // bw), block_size, sparsity, prune_lines)
+    return tap_major.view(c_out, kh, kw, group_in).permute(0, 3, 1, 2).contiguous()
+
+
+def tap_major(w: torch.Tensor) -> torch.Tensor:
+    """A conv weight or mask (C_out, Cg, kH, kW) viewed as (C_out, kH*kW*Cg), column t*Cg + c."""
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def from_tap_major(w2d: torch.Tensor, group_in: int, kernel_size) -> torch.Tensor:
+    """The inverse of tap_major."""
+    return w2d.view(w2d.shape[0], *kernel_size, group_in).permute(0, 3, 1, 2)
+
+
 # ------------------------------------------------------------------------------------------------ blocks
 # Written with plain reshapes and the block grid's (row, col) coordinates, independent of from_elements.
 

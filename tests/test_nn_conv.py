@@ -820,7 +820,7 @@ CONSTRUCTOR_ERRORS = [
     (dict(padding="full"), ValueError, r"padding: expected 'valid', 'same', an int or a pair of ints, got 'full'"),
     (dict(padding="same", stride=2), ValueError, r"padding: 'same' is not supported for strided convolutions"),
     (dict(padding_mode="reflect"), ValueError, r"padding_mode: only 'zeros' is supported, got 'reflect'"),
-    (dict(dtype=torch.float16), TypeError, r"dtype: expected float32 or float64, got torch.float16"),
+    (dict(dtype=torch.int32), TypeError, r"dtype: expected float32, float64, float16 or bfloat16, got torch.int32"),
     (dict(backend="cuda"), ValueError, r"backend: expected one of \('auto', 'sparse', 'dense'\), got 'cuda'"),
     (dict(mask=torch.ones(7, 5, 3, dtype=torch.bool)), ValueError,
      r"mask: expected shape \(7, 5, 3, 3\), got \(7, 5, 3\)"),

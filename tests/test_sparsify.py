@@ -221,8 +221,8 @@ def test_sparsify_conv_errors_leave_the_model_untouched():
     good = {"fc.weight": exact_mask((5, 120), 0.5)}
     with pytest.raises(ValueError, match=r"mask: expected shape \(8, 3, 3, 3\), got \(8, 27\)"):
         sparsify(model, {**good, "stem.weight": torch.ones(8, 27, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"block_size: SparseConv2d takes unstructured masks only, but 'stem.weight' "
-                                         r"is a Conv2d and block_size=\(2, 4\)"):
+    with pytest.raises(ValueError, match=r"block_size: \(2, 4\) must divide the \(out, in\) channels of a group, "
+                                         r"\(8, 3\)"):
         sparsify(model, {"stem.weight": _conv_mask((8, 3, 3, 3), 0.5)}, block_size=(2, 4))
     with pytest.raises(KeyError, match=r"the model's Linear and Conv2d weights are \['body.1.weight', "
                                        r"'body.3.weight', 'fc.weight', 'stem.weight'\]"):

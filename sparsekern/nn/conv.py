@@ -10,6 +10,13 @@ The sparse path is one op, ``sparsekern::csr_conv2d`` (``_ops_conv.py``): the we
 ``(C_out, C_in/groups · kH · kW)``, convolved with NCHW activations of any strides; its autograd runs the
 input-gradient and the weight-gradient (SDDMM, kept positions only) ops. The op pads symmetrically, so the
 module pads the extra bottom/right pixel of an asymmetric ``padding="same"`` itself.
+
+With ``block_size=(bh, bw)`` the mask is made of whole blocks of ``bh`` output × ``bw`` input channels at one
+kernel tap (the weight viewed tap-major, ``_ops_conv_bsr.py``). On CUDA tensors the sparse path is then
+``sparsekern::bsr_conv2d`` (Triton implicit-GEMM kernels, ``sparsekern/triton/bsr_conv2d.py``); on CPU,
+where the CSR conv kernels are the fast ones, the same mask runs ``csr_conv2d``. Both layouts are built once
+per mask; the kept values stay in the mask's row-major order (``weight_values``) and are gathered into block
+order by ``sparsekern::permute``, whose gradient scatters them back.
 """
 from __future__ import annotations
 
@@ -20,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _ops
-from ..layout import CSRLayout
-from ..validation import FLOAT_DTYPES, check_mask
+from ..layout import BSRLayout, CSRLayout
+from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend, conv_min_sparsity, resolve_backend
 from .dense_fallback import DenseMaskedConv2d, DenseWeightCache
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
@@ -36,12 +43,18 @@ class SparseConv2d(KeptWeightsModule):
         padding_mode: only ``"zeros"`` is supported.
         mask: bool (or 0/1) tensor of the weight's shape ``(out_channels, in_channels // groups, kH, kW)``;
             ``True`` keeps a weight. ``None`` keeps every weight.
+        block_size: ``None`` for any mask, or ``(bh, bw)`` / ``b`` when the mask is made of whole blocks of
+            ``bh`` output channels × ``bw`` input channels at each kernel tap (``mask[o:o+bh, c:c+bw, kh, kw]``
+            all kept or all pruned, ``o``, ``c`` multiples of bh, bw); ``bh`` must divide
+            ``out_channels // groups`` and ``bw`` ``in_channels // groups``. CUDA tensors then run the
+            block-sparse Triton kernels; CPU tensors run the CSR kernels as for any mask.
         backend: ``"auto"`` (sparse kernels at and above the crossover sparsity for the layer's shape and input
             size, dense below; ``min_sparsity()``, backend.conv_min_sparsity),
             ``"sparse"`` (``sparsekern::csr_conv2d``) or ``"dense"`` (the named dense fallback: the kept values
             expanded into a dense weight by ``csr_to_dense``, then ``F.conv2d``).
 
-    Input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, float32/float64, any strides → output
+    Input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, of the layer's dtype (float32/float64; float16 and
+    bfloat16 too on CUDA and with the dense backend), any strides → output
     ``(N, C_out, OH, OW)`` (or ``(C_out, OH, OW)``), channels_last when the input is. Initialisation matches
     ``nn.Conv2d`` (Kaiming-uniform over the dense fan-in ``C_in/groups · kH · kW``), restricted to the kept
     weights.
@@ -49,7 +62,7 @@ class SparseConv2d(KeptWeightsModule):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
-                 mask=None, backend: str = "auto", _skip_init: bool = False):
+                 mask=None, block_size=None, backend: str = "auto", _skip_init: bool = False):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if not _is_int(value) or value < 1:
@@ -60,8 +73,8 @@ class SparseConv2d(KeptWeightsModule):
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode: only 'zeros' is supported, got {padding_mode!r}")
         dtype = dtype or torch.get_default_dtype()
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        if dtype not in LAYER_DTYPES:
+            raise TypeError(f"dtype: expected float32, float64, float16 or bfloat16, got {dtype}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
@@ -74,6 +87,8 @@ class SparseConv2d(KeptWeightsModule):
         self.padding, self._op_padding, self._input_pad = _padding(padding, self.kernel_size, self.stride,
                                                                    self.dilation)
         self.backend = check_backend(backend)
+        self.block_size = None if block_size is None else _block_size(block_size, out_channels // groups,
+                                                                     in_channels // groups)
         self._last_input_size = None  # (H, W) of the last input: "auto"'s crossover depends on the map size
 
         shape = self.weight_shape
@@ -115,13 +130,21 @@ class SparseConv2d(KeptWeightsModule):
         layout = CSRLayout.from_mask(mask.reshape(self.out_channels, -1))
         for name, tensor in zip(LAYOUT_BUFFERS, layout.tensors()):
             self.register_buffer("_layout_" + name, tensor, persistent=False)
+        if self.block_size is not None:
+            blocks, to_blocks = _tap_major_blocks(mask, self.block_size)
+            for name, tensor in zip(LAYOUT_BUFFERS, blocks.tensors()):
+                self.register_buffer("_blocks_" + name, tensor, persistent=False)
+            # weight_values[to_blocks] are the kept blocks in block order; from_blocks is the inverse.
+            self.register_buffer("_values_to_blocks", to_blocks, persistent=False)
+            self.register_buffer("_values_from_blocks", torch.argsort(to_blocks), persistent=False)
         self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
 
     # ---------------------------------------------------------------------------------------- properties
     @property
     def layout_kind(self) -> str:
-        """"conv2d_csr": the CSR conv kernels (its "auto" crossover is backend.conv_min_sparsity)."""
-        return "conv2d_csr"
+        """"conv2d_csr" (any mask) or "conv2d_bsr" (``block_size`` given): which kernels serve the layer on a
+        GPU (on CPU both run the CSR conv kernels; the "auto" crossover there is backend.conv_min_sparsity)."""
+        return "conv2d_csr" if self.block_size is None else "conv2d_bsr"
 
     def min_sparsity(self, input_size=None) -> float:
         """The sparsity from which ``backend="auto"`` runs the sparse kernels on CPU, for inputs of spatial size
@@ -191,7 +214,20 @@ class SparseConv2d(KeptWeightsModule):
                                        (self.stride, self._op_padding, self.dilation, self.groups))
 
     def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._runs_block_kernels(x.device.type):
+            return self._block_forward(x)
         return _ops.csr_conv2d(x, self.weight_values, *self._layout_tensors(), self.bias, *self._geometry())
+
+    def _runs_block_kernels(self, device_type: str) -> bool:
+        """Whether the sparse path takes the block-sparse ops: for a block mask on CUDA (Triton), not on CPU,
+        where the CSR conv kernels are the compiled ones."""
+        return self.block_size is not None and device_type == "cuda"
+
+    def _block_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``sparsekern::bsr_conv2d`` over the tap-major blocks (any device; the reference where no kernel)."""
+        blocks = _ops.permute(self.weight_values, self._values_to_blocks, self._values_from_blocks)
+        layout = tuple(getattr(self, "_blocks_" + name) for name in LAYOUT_BUFFERS)
+        return _ops.bsr_conv2d(x, blocks.view(-1, *self.block_size), *layout, self.bias, *self._geometry())
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -216,7 +252,7 @@ class SparseConv2d(KeptWeightsModule):
 
     # ------------------------------------------------------------------------------------ dense interop
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, mask=None, *, backend: str = "auto") -> "SparseConv2d":
+    def from_dense(cls, conv: nn.Conv2d, mask=None, *, block_size=None, backend: str = "auto") -> "SparseConv2d":
         """A SparseConv2d holding ``conv``'s weights at the kept positions of ``mask`` (and its bias).
 
         ``mask=None`` keeps every weight (as ``SparseLinear.from_dense`` does), zeros included.
@@ -226,7 +262,8 @@ class SparseConv2d(KeptWeightsModule):
         weight = conv.weight
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                    device=weight.device, dtype=weight.dtype, mask=mask, backend=backend, _skip_init=True)
+                    device=weight.device, dtype=weight.dtype, mask=mask, block_size=block_size, backend=backend,
+                    _skip_init=True)
         with torch.no_grad():
             layer.weight_values.copy_(weight[layer.mask])
             if conv.bias is not None:
@@ -255,7 +292,8 @@ class SparseConv2d(KeptWeightsModule):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
-        return s + f", bias={self.bias is not None}, density={self.density:.4f}, backend={self.backend!r}"
+        block = "" if self.block_size is None else f", block_size={self.block_size}"
+        return s + f", bias={self.bias is not None}, density={self.density:.4f}{block}, backend={self.backend!r}"
 
 
 # -------------------------------------------------------------------------------------- argument parsing
@@ -293,3 +331,29 @@ def _padding(padding, kernel_size, stride, dilation):
         return padding, symmetric, ((0, extra_w, 0, extra_h) if extra_h or extra_w else None)
     pair = _pair(padding, "padding", 0)
     return pair, pair, None
+
+
+def _block_size(value, group_out: int, group_in: int) -> tuple[int, int]:
+    """``block_size`` as (bh, bw), checked against the channels of a group: a block never straddles groups."""
+    bh, bw = _pair(value, "block_size", 1)
+    if group_out % bh or group_in % bw:
+        raise ValueError(f"block_size: ({bh}, {bw}) must divide the (out, in) channels of a group, "
+                         f"({group_out}, {group_in})")
+    return bh, bw
+
+
+def _tap_major_blocks(mask: torch.Tensor, block_size) -> tuple[BSRLayout, torch.Tensor]:
+    """The BSR layout of the tap-major weight view (``_ops_conv_bsr.py``), and the gather that takes the kept
+    values from the mask's row-major order (``dense[mask]``) to that layout's block order."""
+    c_out = mask.shape[0]
+    tap_major = mask.permute(0, 2, 3, 1).reshape(c_out, -1)
+    try:
+        layout = BSRLayout.from_mask(tap_major, block_size)
+    except ValueError as error:
+        raise ValueError(f"mask: with block_size={tuple(block_size)} it must be made of whole blocks of output x "
+                         f"input channels at each kernel tap; in the tap-major view (C_out, kH*kW*C_in/groups): "
+                         f"{error}") from None
+    rank = torch.full(mask.shape, -1, dtype=torch.int64, device=mask.device)
+    rank[mask] = torch.arange(int(mask.sum()), device=mask.device)
+    ranks_tap_major = rank.permute(0, 2, 3, 1).reshape(c_out, -1)[tap_major]  # kept ones, tap-major order
+    return layout, ranks_tap_major[layout.from_elements]

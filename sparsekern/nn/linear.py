@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import _ops
 from ..layout import BSRLayout, CSRLayout
-from ..validation import LINEAR_DTYPES, check_mask
+from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend
 from .dense_fallback import DenseMaskedLinear, DenseWeightCache
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
@@ -50,7 +50,7 @@ class SparseLinear(KeptWeightsModule):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
         dtype = dtype or torch.get_default_dtype()
-        if dtype not in LINEAR_DTYPES:
+        if dtype not in LAYER_DTYPES:
             raise TypeError(f"dtype: expected float32, float64, float16 or bfloat16, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features

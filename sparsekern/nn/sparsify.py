@@ -22,8 +22,9 @@ def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "
             weight's shape: ``(out_features, in_features)`` for a Linear, ``(C_out, C_in/groups, kH, kW)`` for a
             Conv2d. Layers not named stay dense. A layer that is already sparse gets the new mask
             (``set_mask``).
-        block_size: passed to every ``SparseLinear`` (see its docstring); SparseConv2d takes unstructured
-            masks only, so naming a Conv2d together with a ``block_size`` is an error.
+        block_size: passed to every new ``SparseLinear`` and ``SparseConv2d`` (see their docstrings: a Linear's
+            blocks tile its weight, a Conv2d's are output x input channels at each kernel tap). Every named
+            mask must then be made of such blocks.
         backend: passed to every new sparse layer.
     """
     if not isinstance(model, nn.Module):
@@ -46,11 +47,7 @@ def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "
             replacements.append((module_name, module, mask))
             continue
         if isinstance(module, nn.Conv2d):
-            if block_size is not None:
-                raise ValueError(f"block_size: SparseConv2d takes unstructured masks only, but {name!r} is a "
-                                 f"Conv2d and block_size={block_size!r}; sparsify the Conv2d layers in a "
-                                 f"separate call without block_size")
-            sparse = SparseConv2d.from_dense(module, mask, backend=backend)
+            sparse = SparseConv2d.from_dense(module, mask, block_size=block_size, backend=backend)
         elif isinstance(module, nn.Linear):
             sparse = SparseLinear.from_dense(module, mask, block_size=block_size, backend=backend)
         else:
