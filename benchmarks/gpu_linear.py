@@ -41,8 +41,8 @@ from torch import nn
 import sparsekern
 from sparsekern.masks import random_mask
 
-from .common import REPO_ROOT, compare_to_reference, fmt_ms, fmt_ratio, markdown_table, sparsekern_info, summarize, \
-    write_csv
+from .common import REPO_ROOT, Deadline, command_line, compare_to_reference, fmt_ms, fmt_ratio, markdown_table, \
+    sparsekern_info, summarize, write_csv
 
 SHAPE = (4096, 4096, 16384)  # in_features, out_features, tokens
 QUICK_SHAPE = (256, 256, 512)
@@ -65,24 +65,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_linear", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default=None, help="IN x OUT @ TOKENS (default 4096x4096@16384; --quick 256x256@512)")
-    p.add_argument("--sparsities", default=None, help=f"comma-separated (default {SPARSITIES})")
+    add_grid_args(p, SPARSITIES, LAYOUTS, QUICK_LAYOUTS, "linear_gpu")
+    args = p.parse_args(argv)
+    args.shape = _parse_shape(args.shape) if args.shape else (QUICK_SHAPE if args.quick else SHAPE)
+    resolve_grid_args(p, args, SPARSITIES, QUICK_SPARSITIES, LAYOUTS, QUICK_LAYOUTS, "linear_gpu")
+    return args
+
+
+def add_grid_args(p, sparsities: str, layouts: str, quick_layouts: str, stem: str) -> None:
+    """The options every GPU benchmark takes (``benchmarks.gpu_conv`` too): the grid, timing and output."""
+    p.add_argument("--sparsities", default=None, help=f"comma-separated (default {sparsities})")
     p.add_argument("--layouts", default=None,
-                   help=f"'csr' (unstructured) and/or square block sizes (default {LAYOUTS}; --quick {QUICK_LAYOUTS})")
+                   help=f"'csr' (unstructured) and/or square block sizes (default {layouts}; --quick {quick_layouts})")
     p.add_argument("--dtypes", default=None, help=f"comma-separated (default {DTYPES}; --quick float32)")
     p.add_argument("--tf32", action="store_true",
-                   help="allow TF32 in the dense float32 matmuls (the Triton kernels compute float32 as IEEE float32 "
-                        "either way); default off")
+                   help="allow TF32 in the dense float32 matmuls and convolutions (the Triton kernels compute "
+                        "float32 as IEEE float32 either way); default off")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per candidate (default 20, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per candidate (default 3, --quick 1)")
     p.add_argument("--no-compile", action="store_true", help="leave out dense_compiled")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="start no new case after S seconds (the report names the cases not run); default: none")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu (smoke tests only)")
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="folder for the CSV and markdown")
-    p.add_argument("--name", default=None, help="file stem (default linear_gpu_<timestamp>, --quick linear_gpu_quick)")
+    p.add_argument("--name", default=None, help=f"file stem (default {stem}_<timestamp>, --quick {stem}_quick)")
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke test")
-    args = p.parse_args(argv)
-    args.shape = _parse_shape(args.shape) if args.shape else (QUICK_SHAPE if args.quick else SHAPE)
-    args.sparsities = [float(s) for s in (args.sparsities or (QUICK_SPARSITIES if args.quick else SPARSITIES)).split(",")]
-    args.layouts = [s.strip() for s in (args.layouts or (QUICK_LAYOUTS if args.quick else LAYOUTS)).split(",")]
+
+
+def resolve_grid_args(p, args, sparsities: str, quick_sparsities: str, layouts: str, quick_layouts: str,
+                      stem: str) -> None:
+    """Defaults and checks for ``add_grid_args``'s options, in place; ``args.out_stem``: the output path
+    without its suffix."""
+    spec = args.sparsities or (quick_sparsities if args.quick else sparsities)
+    args.sparsities = [float(s) for s in spec.split(",")]
+    args.layouts = [s.strip() for s in (args.layouts or (quick_layouts if args.quick else layouts)).split(",")]
     for layout in args.layouts:
         if layout != "csr" and not layout.isdigit():
             p.error(f"--layouts: expected 'csr' or a block size like 32, got {layout!r}")
@@ -92,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is available")
-    return args
+    name = args.name or (f"{stem}_quick" if args.quick else f"{stem}_" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    args.out_stem = str(Path(args.out) / name)
 
 
 def _parse_shape(spec: str):
@@ -113,6 +130,15 @@ def _parse_dtype(p, name: str) -> torch.dtype:
 
 def layout_key(layout: str) -> str:
     return "csr" if layout == "csr" else f"bsr{layout}"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def why(exc: BaseException, width: int = 120) -> str:
+    """An exception in one line: its type and the first ``width`` characters of its message's first line."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:width]}"
 
 
 # ------------------------------------------------------------------------------------------ candidates
@@ -156,7 +182,7 @@ def _torch_sparse(dense, mask, block, x, grad):
         forward(x).backward(grad)
     except (RuntimeError, NotImplementedError) as exc:
         cand.backward = False
-        cand.note = f"fwd only ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        cand.note = f"fwd only ({why(exc, 80)})"
     cand.params = [w, bias]
     return cand
 
@@ -179,7 +205,7 @@ def build_case(dense, compiled, layout, sparsity, x, grad, seed=0):
         try:
             cands.append(build())
         except Exception as exc:  # noqa: BLE001  (record why, time the others)
-            skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            skipped[name] = why(exc)
     return cands, skipped
 
 
@@ -187,7 +213,8 @@ def build_case(dense, compiled, layout, sparsity, x, grad, seed=0):
 def _reset(c, x):
     x.grad = None
     for p in c.params:
-        p.grad = None
+        if p is not None:  # a layer without bias
+            p.grad = None
 
 
 def _sync(device):
@@ -223,7 +250,8 @@ def step(c, x, grad, device):
 
 
 def check(c, dense, x, grad, dtype, device) -> str:
-    """y, dx, dW (kept positions; all of them for dense) and db against float64 on the same device."""
+    """y, dx, dW (kept positions; all of them for dense) and db against float64 on the same device, each within
+    this dtype's tolerance (CHECK_RTOL)."""
     y, _ = step(c, x, grad, device)
     with torch.no_grad():
         w = dense.weight.detach().double()
@@ -236,16 +264,7 @@ def check(c, dense, x, grad, dtype, device) -> str:
             dw_ref = g64.t() @ x64
             ref.update({"dx": g64 @ w, "dW": dw_ref if c.mask is None else dw_ref[c.mask], "db": g64.sum(0)})
             got.update({"dx": x.grad, "dW": c.weight_grad(), "db": c.bias.grad if c.bias is not None else None})
-        verdict = compare_to_reference(got, ref)
-    if verdict.startswith("ok"):
-        err = float(verdict.split()[1])
-        if err > CHECK_RTOL[dtype]:
-            return f"FAIL: rel err {err:.1e}"
-    elif "rel err" in verdict:  # common.py's float32 bar; judge by this dtype's bar instead
-        err = float(verdict.rsplit(" ", 1)[1])
-        if err <= CHECK_RTOL[dtype]:
-            return f"ok {err:.0e}"
-    return verdict
+        return compare_to_reference(got, ref, rtol=CHECK_RTOL[dtype])
 
 
 def time_case(cands, x, grad, device, repeats, warmup):
@@ -263,6 +282,34 @@ def time_case(cands, x, grad, device, repeats, warmup):
     for c in cands:
         _reset(c, x)
     return samples
+
+
+def measure_case(cands, skipped, check_one, x, grad, device, args, fields: dict, label: str) -> list[dict]:
+    """One case: check every candidate (``check_one(c)`` gives its verdict), time the ones that passed, and
+    return a row per candidate (and per candidate that could not be built, ``skipped``: name -> why), each
+    starting with ``fields``, the case's coordinates. Prints the forward+backward speedups and ``label``."""
+    for c in cands:
+        try:
+            c.check = check_one(c)
+        except Exception as exc:  # noqa: BLE001  (a failed candidate is reported, not timed)
+            c.check = "FAIL: " + why(exc, 100)
+    samples = time_case([c for c in cands if c.check.startswith("ok")], x, grad, device, args.repeats, args.warmup)
+    dense_med = {p: summarize_ms(samples["dense"][p])["median_ms"] for p in PHASES} if "dense" in samples \
+        else {p: float("nan") for p in PHASES}
+    rows = []
+    for c in cands:
+        row = {**fields, "candidate": c.name, "check": c.check, "notes": c.note}
+        if c.name in samples:
+            for p in PHASES:
+                s = summarize_ms(samples[c.name][p])
+                row[f"{p}_ms"], row[f"{p}_iqr_ms"] = s["median_ms"], s["iqr_ms"]
+                row[f"speedup_{p}"] = dense_med[p] / s["median_ms"] if s["median_ms"] else float("nan")
+        rows.append(row)
+    for name, reason in skipped.items():
+        rows.append({**fields, "candidate": name, "check": "not built", "notes": reason})
+    print("  " + " ".join(f"{r['candidate']}={fmt_ratio(r.get('speedup_fwd+bwd'))}" for r in rows)
+          + f"   [{label}]", flush=True)
+    return rows
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -284,27 +331,52 @@ def environment(device) -> dict:
     env = {"timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU smoke run)",
-           "cuda": torch.version.cuda or "none"}
+           "driver": _driver_version(device), "cuda": torch.version.cuda or "none",
+           "cudnn": str(torch.backends.cudnn.version() or "none")}
     try:
         import triton
         env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = "not installed"
+        from sparsekern.triton import tuning
+        if device.type != "cuda" and not tuning.INTERPRET:
+            env["triton_autotune"] = "n/a (the Triton kernels serve CUDA tensors)"
+        elif tuning.AUTOTUNE:
+            env["triton_autotune"] = "on: every config of each kernel is compiled and timed on a new shape (untimed)"
+        else:
+            env["triton_autotune"] = "off: one fixed config per kernel (" + (
+                "TRITON_INTERPRET=1)" if tuning.INTERPRET else "SPARSEKERN_TRITON_AUTOTUNE=0)")
+    except Exception as exc:  # noqa: BLE001  (no triton, or sparsekern.triton failing to load)
+        env.setdefault("triton", "not installed")
+        env["triton_autotune"] = f"n/a ({why(exc, 80)})"
     env.update(sparsekern_info())
     return env
+
+
+def _driver_version(device) -> str:
+    if device.type != "cuda":
+        return "n/a"
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i",
+                              str(device.index or 0)], capture_output=True, text=True, timeout=20)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def set_precision(args) -> None:
+    """IEEE float32 in the dense float32 matmuls and convolutions unless --tf32."""
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = args.device
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+    set_precision(args)
     n_in, n_out, tokens = args.shape
-    stem = args.name or ("linear_gpu_quick" if args.quick else
-                         "linear_gpu_" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    args.out_stem = str(Path(args.out) / stem)
     env = environment(device)
+    deadline = Deadline(args.time_budget)
     print(f"# GPU Linear benchmark: {n_in}->{n_out}, {tokens} tokens on {env['gpu']}", flush=True)
     rows = []
     for dtype in args.dtypes:
@@ -316,34 +388,19 @@ def main(argv=None) -> int:
         grad = torch.randn(tokens, n_out, generator=gen).to(device=device, dtype=dtype)
         for layout in args.layouts:
             for sparsity in args.sparsities:
+                fields = {"dtype": dtype_name(dtype), "layout": layout_key(layout), "sparsity": sparsity}
+                label = f"{fields['dtype']} {fields['layout']} {sparsity}"
+                if deadline.skip(label):
+                    continue
                 cands, skipped = build_case(dense, compiled, layout, sparsity, x, grad)
-                for c in cands:
-                    try:
-                        c.check = check(c, dense, x, grad, dtype, device)
-                    except Exception as exc:  # noqa: BLE001
-                        c.check = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
-                timed = [c for c in cands if c.check.startswith("ok")]
-                samples = time_case(timed, x, grad, device, args.repeats, args.warmup)
-                dense_med = {p: summarize_ms(samples["dense"][p])["median_ms"] for p in PHASES} if "dense" in samples \
-                    else {p: float("nan") for p in PHASES}
-                for c in cands:
-                    row = {"dtype": str(dtype).removeprefix("torch."), "layout": layout_key(layout),
-                           "sparsity": sparsity, "candidate": c.name, "check": c.check, "notes": c.note}
-                    if c.name in samples:
-                        for p in PHASES:
-                            s = summarize_ms(samples[c.name][p])
-                            row[f"{p}_ms"], row[f"{p}_iqr_ms"] = s["median_ms"], s["iqr_ms"]
-                            row[f"speedup_{p}"] = dense_med[p] / s["median_ms"] if s["median_ms"] else float("nan")
-                    rows.append(row)
-                for name, why in skipped.items():
-                    rows.append({"dtype": str(dtype).removeprefix("torch."), "layout": layout_key(layout),
-                                 "sparsity": sparsity, "candidate": name, "check": "not built", "notes": why})
-                done = [r for r in rows if r["layout"] == layout_key(layout) and r["sparsity"] == sparsity
-                        and r["dtype"] == str(dtype).removeprefix("torch.")]
-                print("  " + " ".join(f"{r['candidate']}={fmt_ratio(r.get('speedup_fwd+bwd'))}" for r in done)
-                      + f"   [{str(dtype).removeprefix('torch.')} {layout_key(layout)} {sparsity}]", flush=True)
-                write_results(rows, env, args)
-    report = write_results(rows, env, args)
+                rows += measure_case(cands, skipped, lambda c: check(c, dense, x, grad, dtype, device), x, grad,
+                                     device, args, fields, label)
+                write_results(rows, env, args, deadline)
+    return finish(write_results(rows, env, args, deadline), rows, args)
+
+
+def finish(report: str, rows, args) -> int:
+    """Print the report; exit status 1 if any candidate failed its check."""
     print(report)
     print(f"wrote {args.out_stem}.csv and {args.out_stem}.md")
     return 1 if any(r["check"].startswith("FAIL") for r in rows) else 0
@@ -353,11 +410,14 @@ COLUMNS = ["dtype", "layout", "sparsity", "candidate"] + [f"{p}_ms" for p in PHA
     [f"{p}_iqr_ms" for p in PHASES] + [f"speedup_{p}" for p in PHASES] + ["check", "notes"]
 
 
-def write_results(rows, env, args) -> str:
+def write_results(rows, env, args, deadline) -> str:
     """The CSV and the markdown report of the rows so far: called after every case, so a run stopped by a
     time limit keeps what it measured."""
-    write_csv(Path(f"{args.out_stem}.csv"), rows, COLUMNS)
-    report = render(rows, env, args)
+    return save(rows, COLUMNS, render(rows, env, args, deadline), args)
+
+
+def save(rows, columns, report: str, args) -> str:
+    write_csv(Path(f"{args.out_stem}.csv"), rows, columns)
     Path(f"{args.out_stem}.md").write_text(report)
     return report
 
@@ -369,40 +429,64 @@ def summarize_ms(values_ms):
     return summarize([v * 1e6 for v in values_ms])
 
 
-def render(rows, env, args) -> str:
+def render(rows, env, args, deadline) -> str:
     n_in, n_out, tokens = args.shape
-    cmd = "python -m benchmarks.gpu_linear" + "".join(" " + a for a in sys.argv[1:])
-    head = [f"# GPU Linear benchmark: {n_in}→{n_out}, {tokens} tokens", "",
-            f"- **Command**: `{cmd}`", f"- **Date**: {env['timestamp']}",
-            f"- **GPU**: {env['gpu']} (CUDA {env['cuda']})",
-            f"- **Versions**: Python {env['python']}, torch {env['torch']}, triton {env['triton']}, sparsekern "
-            f"{env['sparsekern_version']} at {env['sparsekern_commit']}",
-            f"- **TF32**: {'allowed' if args.tf32 else 'off (float32 is IEEE float32)'}",
-            f"- **Repeats / warmup**: {args.repeats} / {args.warmup}; medians of CUDA-event times (host clock on a CPU), each step "
-            "synchronized; speedup = dense median / candidate median", ""]
+    head = report_head(f"GPU Linear benchmark: {n_in}→{n_out}, {tokens} tokens", env, args, deadline,
+                       "benchmarks.gpu_linear")
     body = []
     for dtype in sorted({r["dtype"] for r in rows}):
         body.append(f"## {dtype}: forward+backward speedup vs dense cuBLAS\n")
-        names = [n for n in ("dense_compiled", "torch_sparse", "sk", "sk_auto")
-                 if any(r["candidate"] == n and r["dtype"] == dtype for r in rows)]
-        table = []
-        for layout in dict.fromkeys(r["layout"] for r in rows if r["dtype"] == dtype):
-            for s in sorted({r["sparsity"] for r in rows if r["dtype"] == dtype and r["layout"] == layout}):
-                cell = {r["candidate"]: r for r in rows if r["dtype"] == dtype and r["layout"] == layout
-                        and r["sparsity"] == s}
-                dense_ms = cell.get("dense", {}).get("fwd+bwd_ms", float("nan"))
-                table.append([layout, s, fmt_ms(dense_ms)] + [_cell(cell.get(n)) for n in names])
-        body.append(markdown_table(["layout", "sparsity", "dense f+b ms"] + names, table))
+        body.append(speedup_table(rows, dtype, ("layout", "sparsity")))
         body.append("")
         body.append(targets_section(rows, dtype))
-    detail = ["## All rows", "", markdown_table(
-        ["dtype", "layout", "sparsity", "candidate", "fwd ms", "bwd ms", "f+b ms", "f+b IQR", "speedup f+b", "check",
-         "notes"],
-        [[r["dtype"], r["layout"], r["sparsity"], r["candidate"], fmt_ms(r.get("fwd_ms", float("nan"))),
-          fmt_ms(r.get("bwd_ms", float("nan"))), fmt_ms(r.get("fwd+bwd_ms", float("nan"))),
-          fmt_ms(r.get("fwd+bwd_iqr_ms", float("nan"))), fmt_ratio(r.get("speedup_fwd+bwd")), r["check"],
-          r.get("notes", "")] for r in rows], "lllllrrrrll")]
+    detail = ["## All rows", "", rows_table(rows, ("dtype", "layout", "sparsity"))]
     return "\n".join(head + body + detail) + "\n"
+
+
+def report_head(title: str, env, args, deadline, module: str, extra=()) -> list[str]:
+    """The report's title and the run's facts: command, machine, versions, precision, repeats, time budget,
+    then ``extra`` (label, text) pairs."""
+    items = [("Command", f"`{command_line(module)}`"), ("Date", env["timestamp"]),
+             ("GPU", f"{env['gpu']} (driver {env['driver']}, CUDA {env['cuda']}, cuDNN {env['cudnn']})"),
+             ("Versions", f"Python {env['python']}, torch {env['torch']}, triton {env['triton']}, sparsekern "
+                          f"{env['sparsekern_version']} at {env['sparsekern_commit']}"),
+             ("Triton autotune", env["triton_autotune"]),
+             ("TF32", "allowed" if args.tf32 else "off (float32 is IEEE float32)"),
+             ("Repeats / warmup", f"{args.repeats} / {args.warmup}; medians of CUDA-event times (host clock on a "
+                                  "CPU), each step synchronized; speedup = dense median / candidate median")]
+    if deadline.summary():
+        items.append(("Time budget", deadline.summary()))
+    items += list(extra)
+    return [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in items] + [""]
+
+
+CANDIDATE_ORDER = ("dense_compiled", "torch_sparse", "sk", "sk_auto")
+
+
+def speedup_table(rows, dtype, keys) -> str:
+    """A line per case of ``dtype`` (its ``keys``, the last one the sparsity): dense's forward+backward median
+    and every other candidate's speedup, or why it has none."""
+    mine = [r for r in rows if r["dtype"] == dtype]
+    names = [n for n in CANDIDATE_ORDER if any(r["candidate"] == n for r in mine)]
+    cases = list(dict.fromkeys(tuple(r[k] for k in keys) for r in mine))
+    rank = {prefix: i for i, prefix in enumerate(dict.fromkeys(c[:-1] for c in cases))}
+    table = []
+    for case in sorted(cases, key=lambda c: (rank[c[:-1]], c[-1])):
+        cell = {r["candidate"]: r for r in mine if tuple(r[k] for k in keys) == case}
+        dense_ms = cell.get("dense", {}).get("fwd+bwd_ms", float("nan"))
+        table.append(list(case) + [fmt_ms(dense_ms)] + [_cell(cell.get(n)) for n in names])
+    return markdown_table(list(keys) + ["dense f+b ms"] + names, table)
+
+
+def rows_table(rows, keys) -> str:
+    """Every row: its ``keys``, the candidate, the medians of each phase, the IQR, the speedup and the check."""
+    return markdown_table(
+        list(keys) + ["candidate", "fwd ms", "bwd ms", "f+b ms", "f+b IQR", "speedup f+b", "check", "notes"],
+        [[r[k] for k in keys] + [r["candidate"], fmt_ms(r.get("fwd_ms", float("nan"))),
+                                 fmt_ms(r.get("bwd_ms", float("nan"))), fmt_ms(r.get("fwd+bwd_ms", float("nan"))),
+                                 fmt_ms(r.get("fwd+bwd_iqr_ms", float("nan"))), fmt_ratio(r.get("speedup_fwd+bwd")),
+                                 r["check"], r.get("notes", "")] for r in rows],
+        "l" * (len(keys) + 1) + "rrrrr" + "ll")
 
 
 def _cell(row) -> str:
