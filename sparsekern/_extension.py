@@ -35,7 +35,7 @@ _FAMILY_OPS = {
     "csr": ("csr_spmm_bt",),
     "bsr": ("bsr_spmm_bt",),
     "conv2d_csr": ("csr_conv2d", "csr_conv2d_input_grad", "csr_conv2d_weight_grad", "csr_spmm", "csr_sddmm"),
-    "conv2d_bsr": ("bsr_conv2d",),
+    "conv2d_bsr": ("bsr_conv2d", "bsr_conv2d_input_grad", "bsr_conv2d_weight_grad"),
 }
 
 
@@ -56,7 +56,7 @@ def has_compiled_kernels(device_type: str, layout_kind: str = "csr") -> bool:
     CUDA: "csr" and "bsr" when ``csr_spmm_bt`` / ``bsr_spmm_bt`` have a CUDA kernel; "conv2d_csr" when the
     im2col lowering of the three csr_conv2d ops is registered for CUDA *and* ``csr_spmm`` and ``csr_sddmm``
     have CUDA kernels (so a CPU-only or ``SPARSEKERN_NO_EXT`` build says False); "conv2d_bsr" when
-    ``bsr_conv2d`` has a CUDA kernel; an unknown kind: False."""
+    the three ``bsr_conv2d`` ops have CUDA kernels (Triton); an unknown kind on CUDA: False."""
     if device_type == "cpu":
         return AVAILABLE
     if device_type != "cuda" or layout_kind not in _FAMILY_OPS:

@@ -53,8 +53,9 @@ def _check_block_geometry(layout, bh, bw, kernel_size, stride, padding, dilation
     c_out, columns = n_block_rows * bh, n_block_cols * bw
     taps = kernel_size[0] * kernel_size[1]
     if columns % taps:
-        raise ValueError(f"layout: {columns} columns ({n_block_cols} blocks of {bw}) are not kH·kW·C_in/groups "
-                         f"for kernel {list(kernel_size)}")
+        raise ValueError(f"layout: its {columns} columns ({n_block_cols} blocks of {bw}) are not a multiple of "
+                         f"kH·kW = {taps} (kernel {list(kernel_size)}): not a tap-major (C_out, kH·kW·C_in/groups) "
+                         f"weight")
     group_channels = columns // taps
     if c_out % groups:
         raise ValueError(f"groups: {groups} does not divide the {c_out} output channels of the layout")
@@ -104,7 +105,9 @@ def _check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, st
 
 def _check_bsr_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups):
     """Checks a bsr_conv2d_weight_grad call; returns dW's shape (nnzb, bh, bw), the blocks read off the
-    channel counts: bh = C_out / block rows, bw = kH·kW·C_in/groups / block columns."""
+    channel counts: bh = C_out / block rows, bw = kH·kW·C_in/groups / block columns. (The schema carries no
+    block size, as bsr_sddmm's does not: channel counts that are other multiples of the grid give other
+    blocks. Autograd always passes the forward's tensors.)"""
     _check_geometry_args(kernel_size, stride, padding, dilation, groups)
     n_block_rows, n_block_cols, nnzb = _check_layout(*layout)
     _check_values_dtype("x", x)

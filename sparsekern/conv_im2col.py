@@ -20,8 +20,10 @@ batch is processed in chunks of whole samples whose unfolded matrix stays under 
 least one sample per chunk however large it is; the input gradient holds two such buffers at its peak, see
 there). The forward and the input gradient write each chunk into the preallocated output; the weight
 gradient sums the chunks' dot products in a fixed order (chunk 0, 1, ...) in the reference's accumulation
-dtype (``reference._compute_dtype``: float32 for float32, float16 and bfloat16, float64 for float64) and
-rounds once at the end, so the result is deterministic.
+dtype (``reference._compute_dtype``: float32 for float32, float16 and bfloat16, float64 for float64), so the
+result is deterministic. For float16/bfloat16 the results round more often than the reference's single
+rounding: each GEMM's output is rounded to the dtype (the forward before the bias is added, the input
+gradient before col2im sums the taps, the weight gradient per chunk); the tolerance rule allows for it.
 
 Registered for the CUDA dispatch key only (``_ops.py`` imports this module): CPU tensors keep the compiled
 CPU conv kernels (csrc/cpu/conv2d_*.cpp), other devices the reference. The functions themselves take
@@ -40,28 +42,14 @@ import torch
 import torch.nn.functional as F
 
 from . import _ops, _ops_conv, reference
-from .check_once import check_once
+from .gpu_checks import LAYOUT_NAMES, check_devices, validate_layout_once
 
 # Bound on one chunk's unfolded matrix (bytes): U in the forward and the weight gradient, the unfolded
 # gradient Wᵀ dY in the input gradient. Read at call time, so tests can shrink it.
 CHUNK_BYTES = 256 << 20
 
-_LAYOUT_NAMES = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
-
 
 # ------------------------------------------------------------------------------------------- helpers
-
-def _check_devices(device, where, named):
-    for name, t in named:
-        if t is not None and t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (where {where} is), got one on {t.device}")
-
-
-def _validate_layout_once(layout) -> None:
-    """``_ops._check_layout_values(*layout)`` once per layout storage: the same check, tag and tensors as
-    ``triton/dispatch.validate_layout_once``, so the two share their verdicts (see ``check_once.py``)."""
-    check_once("layout", layout[:4], lambda: _ops._check_layout_values(*layout))
-
 
 def _chunks(n: int, rows: int, pixels: int, element_size: int):
     """(start, stop) of consecutive sample chunks whose (rows, samples·pixels) matrix fits in CHUNK_BYTES."""
@@ -113,8 +101,8 @@ def csr_conv2d_im2col(x, values, row_offsets, col_indices, t_row_offsets, t_col_
     """
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     shape = _ops_conv._check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups)
-    _check_devices(x.device, "x", (("values", values), *zip(_LAYOUT_NAMES, layout), ("bias", bias)))
-    _validate_layout_once(layout)
+    check_devices(x.device, "x", (("values", values), *zip(LAYOUT_NAMES, layout), ("bias", bias)))
+    validate_layout_once(layout)
     if groups != 1:
         return _reference_fallback_csr_conv2d(x, values, layout, bias, kernel_size, stride, padding, dilation,
                                               groups, shape[2:])
@@ -139,15 +127,15 @@ def csr_conv2d_input_grad_im2col(grad, values, row_offsets, col_indices, t_row_o
     (N, C_in, H, W) contiguous of y = conv2d(x, W), given dy = grad (N, C_out, OH, OW) of any strides.
 
     Wᵀ is W's values put in CSC order (``permute`` by t_perm) on the transposed layout: the precomputed
-    transpose metadata, no re-sort. The fold sums the overlapping patches in the dtype (float32 for float16
-    and bfloat16, rounded once after it, as the reference does). col2im makes its (n, C_in·kH·kW, L) input
+    transpose metadata, no re-sort. The fold sums the overlapping patches (in float32 for float16 and
+    bfloat16, whose per-tap products csr_spmm has already rounded to the dtype). col2im makes its (n, C_in·kH·kW, L) input
     contiguous, a second chunk-sized buffer next to the GEMM's output: this op's peak is two chunks.
     """
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     shape = _ops_conv._check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding,
                                              dilation, groups)
-    _check_devices(grad.device, "grad", (("values", values), *zip(_LAYOUT_NAMES, layout)))
-    _validate_layout_once(layout)
+    check_devices(grad.device, "grad", (("values", values), *zip(LAYOUT_NAMES, layout)))
+    validate_layout_once(layout)
     if groups != 1:
         return _reference_fallback_csr_conv2d_input_grad(grad, values, layout, input_size, kernel_size, stride,
                                                          padding, dilation, groups)
@@ -177,12 +165,13 @@ def csr_conv2d_weight_grad_im2col(grad, x, row_offsets, col_indices, t_row_offse
     kept weights only, each the dot over N·L of a gradient channel with the unfolded row it multiplies.
 
     Several chunks: their dots are summed in chunk order in ``reference._compute_dtype(dtype)`` (float32 for
-    float32 and the 16-bit types, float64 for float64) and rounded once; one chunk is returned as computed.
+    float32 and the 16-bit types, float64 for float64), each chunk's already rounded to the dtype by the GEMM,
+    then rounded again at the end; one chunk is returned as computed.
     """
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     _ops_conv._check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups)
-    _check_devices(grad.device, "grad", (("x", x), *zip(_LAYOUT_NAMES, layout)))
-    _validate_layout_once(layout)
+    check_devices(grad.device, "grad", (("x", x), *zip(LAYOUT_NAMES, layout)))
+    validate_layout_once(layout)
     if groups != 1:
         return _reference_fallback_csr_conv2d_weight_grad(grad, x, layout, kernel_size, stride, padding,
                                                           dilation, groups)

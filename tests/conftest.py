@@ -38,3 +38,18 @@ def poisoned_empty(monkeypatch):
         return t.fill_(float("nan")) if t.is_floating_point() else t
 
     monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.fixture
+def only_config():
+    """Pin an autotuned Triton kernel to one config: with a single config Triton's autotuner runs it
+    unbenchmarked. Restored after the test."""
+    pinned = []
+
+    def pin(kernel, config):
+        pinned.append((kernel, kernel.configs))
+        kernel.configs = [config]
+
+    yield pin
+    for kernel, configs in reversed(pinned):
+        kernel.configs = configs

@@ -153,6 +153,20 @@ def mask_with_pruned_lines(shape, sparsity: float = 0.3) -> torch.Tensor:
     return mask
 
 
+def grid_mask(grid_shape, density: float, pruned_row=None, pruned_col=None) -> torch.Tensor:
+    """A random block-grid mask keeping round(density * blocks) blocks, with one block row and/or column
+    fully pruned when asked."""
+    n = grid_shape[0] * grid_shape[1]
+    grid = torch.zeros(n, dtype=torch.bool)
+    grid[torch.randperm(n)[:round(density * n)]] = True
+    grid = grid.view(grid_shape)
+    if pruned_row is not None:
+        grid[pruned_row] = False
+    if pruned_col is not None:
+        grid[:, pruned_col] = False
+    return grid
+
+
 def block_mask(grid_shape, block_size, sparsity: float, prune_lines: bool = False) -> torch.Tensor:
     """An element mask made of whole blocks: a random mask over the block grid, blown up to elements."""
     grid = mask_with_pruned_lines(grid_shape, sparsity) if prune_lines else exact_mask(grid_shape, sparsity)
@@ -218,3 +232,10 @@ def train_beside_twin(model, opt, twin, opt_twin, x, y, steps: int) -> list[floa
             if m is model:
                 losses.append(loss.item())
     return losses
+
+
+def config_params(configs):
+    """pytest params of Triton configs, one id per config (its tiles, warps and stages)."""
+    import pytest
+    return [pytest.param(c, id=f"{'-'.join(f'{k}{v}' for k, v in c.kwargs.items())}-w{c.num_warps}-s{c.num_stages}")
+            for c in configs]

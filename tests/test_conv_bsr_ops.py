@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import assert_error_budget, blocks_to_dense, dense_to_blocks, from_tap_major, tap_block_mask, tap_major
-from sparsekern import SparseConv2d, _ops, sparsify
+from sparsekern import SparseConv2d, _extension, _ops, sparsify
 from sparsekern.layout import BSRLayout
 from sparsekern.nn.kept_weights import LAYOUT_BUFFERS
 
@@ -177,7 +177,8 @@ def test_half_precision_reference_accumulates_in_float32():
         grad = torch.randn(y.shape, dtype=dtype)
         got = run_ops(x, blocks, layout, bias, geo, grad)
         ref = oracle(x, blocks, layout, bias, geo, grad)
-        # The baseline: float32 math on the same 16-bit inputs, rounded once (what tensor cores do).
+        # The baseline: the exact result on the same 16-bit inputs, rounded once to the dtype (stricter than
+        # what tensor cores with float32 accumulation give).
         base = [r.to(dtype) for r in oracle(x.float(), blocks.float(), layout, bias.float(), geo, grad.float())]
         for what, g, b, r, factor in zip(("y", "dx", "dW"), got, base, ref, (2, 3, 3)):
             assert g.dtype == dtype
@@ -201,7 +202,7 @@ def test_bad_arguments_raise_clear_errors():
         (dict(x=good["x"][:, :4]), ValueError, r"x: expected 6 channels \(dim 1\)"),
         (dict(x=good["x"].float()), TypeError, r"x: expected dtype torch.float64"),
         (dict(bias=good["bias"][:5]), ValueError, r"bias: expected shape \(8,\)"),
-        (dict(geo=geometry((2, 2))), ValueError, r"layout: 54 columns \(27 blocks of 2\) are not kH·kW·C_in/groups"),
+        (dict(geo=geometry((2, 2))), ValueError, r"layout: its 54 columns \(27 blocks of 2\) are not a multiple of kH·kW = 4"),
         (dict(geo=geometry((3, 3), stride=(0, 1))), ValueError, r"stride: expected two integers >= 1"),
         (dict(geo=geometry((3, 3), groups=2)), ValueError, r"x: expected 12 channels"),
         (dict(geo=geometry((3, 3), groups=4)), ValueError, r"values: block height 4 does not divide the 2 output "
@@ -246,7 +247,7 @@ def _with_block_ops(layer, monkeypatch):
 def test_block_layer_matches_its_csr_path_and_masked_conv(kwargs, monkeypatch):
     layer = _block_layer(**kwargs)
     assert layer.layout_kind == "conv2d_bsr" and not layer._runs_block_kernels("cpu")
-    assert layer._runs_block_kernels("cuda")
+    assert layer._runs_block_kernels("cuda") == _extension.has_compiled_kernels("cuda", "conv2d_bsr")
     x = torch.randn(2, 6, 9, 8, dtype=F64, requires_grad=True)
     y_csr = layer(x)
     g = torch.randn_like(y_csr)
@@ -311,10 +312,21 @@ def test_block_layer_bad_masks_and_block_sizes():
                                          r"\(8, 6\)"):
         SparseConv2d(6, 8, 3, block_size=4)
     mask = tap_block_mask(8, 6, (3, 3), (4, 2), 0.5)
-    mask[0, 0, 0, 0] = ~mask[0, 0, 0, 0]
-    with pytest.raises(ValueError, match=r"mask: with block_size=\(4, 2\) it must be made of whole blocks of output "
-                                         r"x input channels at each kernel tap"):
+    mask[5, 3, 2, 1] = ~mask[5, 3, 2, 1]
+    with pytest.raises(ValueError, match=r"mask: with block_size=\(4, 2\) it must be made of whole blocks of 4 "
+                                         r"output x 2 input channels at each kernel tap, but mask\[4:8, 2:4, 2, 1\] "
+                                         r"is partly kept"):
         SparseConv2d(6, 8, 3, mask=mask, block_size=(4, 2))
+    layer = _block_layer()
+    before = {name: t.clone() for name, t in layer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"mask\[4:8, 2:4, 2, 1\] is partly kept"):
+        layer.set_mask(mask)
+    with pytest.raises(ValueError, match=r"masks\['conv.weight'\]: mask: with block_size"):
+        sparsify(nn.ModuleDict({"conv": layer}), {"conv.weight": mask})
+    for name, t in layer.state_dict().items():  # a refused mask changes nothing
+        assert torch.equal(t, before[name]), name
+    x = torch.randn(1, 6, 5, 5, dtype=F64)
+    torch.testing.assert_close(layer(x), layer.to_dense()(x))
 
 
 def test_sparsify_passes_block_size_to_convs():
@@ -335,3 +347,13 @@ def test_sparsify_passes_block_size_to_convs():
 def test_block_layer_on_cuda_resolves_auto_to_dense_until_measured():
     layer = _block_layer(backend="auto")
     assert layer.resolved_backend("cuda") == "dense"  # backend.CUDA_MIN_SPARSITY has no conv2d_bsr entry
+
+
+def test_grouped_layer_on_cuda_without_block_kernels_resolves_auto_to_dense(monkeypatch):
+    from sparsekern.nn import backend
+    monkeypatch.setitem(backend.CUDA_MIN_SPARSITY, "conv2d_csr", 0.0)
+    monkeypatch.setattr(_extension, "has_compiled_kernels", lambda device_type, kind="csr": True)
+    grouped = SparseConv2d(4, 4, 3, groups=2, mask=torch.rand(4, 2, 3, 3) > 0.5, backend="auto")
+    plain = SparseConv2d(4, 4, 3, mask=torch.rand(4, 4, 3, 3) > 0.5, backend="auto")
+    assert grouped.resolved_backend("cuda") == "dense"  # the CUDA lowering serves groups == 1 only
+    assert plain.resolved_backend("cuda") == "sparse"

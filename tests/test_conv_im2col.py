@@ -377,7 +377,7 @@ def test_registered_for_cuda(op):
 
 def test_has_compiled_kernels_for_conv_on_cuda(monkeypatch):
     """conv2d_csr counts on CUDA only with the lowering *and* CUDA kernels of csr_spmm and csr_sddmm;
-    conv2d_bsr when bsr_conv2d has a CUDA kernel; an op that does not exist has none."""
+    conv2d_bsr when all three bsr_conv2d ops have CUDA kernels; an op that does not exist has none."""
     real = torch._C._dispatch_has_kernel_for_dispatch_key
     gemms = real("sparsekern::csr_spmm", "CUDA") and real("sparsekern::csr_sddmm", "CUDA")
     assert _extension.has_compiled_kernels("cuda", "conv2d_csr") == gemms  # False on a CPU-only build
@@ -398,7 +398,9 @@ def test_has_compiled_kernels_for_conv_on_cuda(monkeypatch):
     for missing in ("csr_spmm", "csr_sddmm", "csr_conv2d_weight_grad"):
         fake_registry((conv | {"csr_spmm", "csr_sddmm"}) - {missing})
         assert not _extension.has_compiled_kernels("cuda", "conv2d_csr"), missing
-    fake_registry({"bsr_conv2d"})
+    fake_registry({"bsr_conv2d", "bsr_conv2d_input_grad"})  # a backward op without a kernel: not served
+    assert not _extension.has_compiled_kernels("cuda", "conv2d_bsr")
+    fake_registry({"bsr_conv2d", "bsr_conv2d_input_grad", "bsr_conv2d_weight_grad"})
     assert _extension.has_compiled_kernels("cuda", "conv2d_bsr")
     assert not _extension.has_compiled_kernels("cuda", "conv2d_csr")
     monkeypatch.setitem(_extension._FAMILY_OPS, "conv2d_bsr", ("no_such_op",))

@@ -76,13 +76,14 @@ def test_ties_are_broken_by_position_and_the_result_is_deterministic():
 
 # -------------------------------------------------------------------------------------- granularity
 @pytest.mark.parametrize("shape,block", [((12, 16), (4, 4)), ((10, 13), (4, 4)), ((8, 3, 3, 3), (2, 9)),
-                                         ((16, 32), (1, 8))], ids=str)
+                                         ((8, 6, 3, 3), (4, 2)), ((16, 32), (1, 8))], ids=str)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_block_masks_are_made_of_whole_tiles(shape, block, sparsity):
     scores = _scores(shape)
     mask = build_masks(scores, sparsity, granularity="block", block_size=block)["l0.weight"]
     bh, bw = block
-    view = mask.reshape(shape[0], -1)
+    # Conv weights are tiled in their tap-major view (out, kH*kW*in).
+    view = mask.movedim(1, -1).reshape(shape[0], -1) if mask.dim() > 2 else mask
     for r0, c0 in itertools.product(range(0, view.shape[0], bh), range(0, view.shape[1], bw)):
         tile = view[r0:r0 + bh, c0:c0 + bw]
         assert tile.all() or not tile.any(), (r0, c0)
@@ -307,3 +308,16 @@ def test_erk_densities_build_random_masks_per_layer():
 
 def test_random_mask_still_works_as_before():
     assert int(random_mask((10, 10), 0.9).sum()) == 10
+
+
+def test_conv_block_masks_fit_sparse_conv2d_block_size():
+    """build_masks(granularity="block") -> sparsify(block_size=...) with the same blocks: the kernels' layout."""
+    from torch import nn
+
+    from sparsekern import SparseConv2d, sparsify
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 1))
+    scores = {name: torch.rand(p.shape) for name, p in model.named_parameters() if name.endswith("weight")}
+    masks = build_masks(scores, 0.75, granularity="block", block_size=(4, 4))
+    sparsify(model, masks, block_size=4)
+    assert all(isinstance(m, SparseConv2d) and m.block_size == (4, 4) for m in model)
+    assert model(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)

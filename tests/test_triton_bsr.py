@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from helpers import assert_error_budget, blocks_to_dense  # noqa: E402
+from helpers import assert_error_budget, blocks_to_dense, config_params, grid_mask  # noqa: E402
 from sparsekern import reference  # noqa: E402
 from sparsekern.layout import BSRLayout  # noqa: E402
 from sparsekern.triton import AVAILABLE, bsr_sddmm, bsr_spmm, bsr_spmm_bt, bsr_spmm_t  # noqa: E402
@@ -65,22 +65,10 @@ CASES = {
 }
 
 
-def _grid_mask(grid_shape, density, pruned_row, pruned_col):
-    n = grid_shape[0] * grid_shape[1]
-    grid = torch.zeros(n, dtype=torch.bool)
-    grid[torch.randperm(n)[:round(density * n)]] = True
-    grid = grid.view(grid_shape)
-    if pruned_row is not None:
-        grid[pruned_row] = False
-    if pruned_col is not None:
-        grid[:, pruned_col] = False
-    return grid
-
-
 def _case(name, dtype):
     """A BSR layout, its values (nnzb, bh, bw) in block order, and the dense weight they stand for."""
     grid_shape, (bh, bw), density, pruned_row, pruned_col = CASES[name]
-    grid = _grid_mask(grid_shape, density, pruned_row, pruned_col)
+    grid = grid_mask(grid_shape, density, pruned_row, pruned_col)
     if pruned_row is not None:
         assert not grid[pruned_row].any()
     if pruned_col is not None:
@@ -224,23 +212,8 @@ def test_empty_batch(poisoned_empty):
 # conftest.py sets). Here every config the autotuner may pick runs once, on 128-wide blocks where no cap is
 # cut down to the block, so each tile shape, split and slice count of the lists is exercised.
 
-@pytest.fixture
-def only_config():
-    """Pin an autotuned kernel to one config: with a single config Triton's autotuner runs it unbenchmarked."""
-    pinned = []
-
-    def pin(kernel, config):
-        pinned.append((kernel, kernel.configs))
-        kernel.configs = [config]
-
-    yield pin
-    for kernel, configs in reversed(pinned):
-        kernel.configs = configs
-
-
 def _tuned_configs(module):
-    return [pytest.param(c, id=f"{'-'.join(f'{k}{v}' for k, v in c.kwargs.items())}-w{c.num_warps}-s{c.num_stages}")
-            for c in module.TUNED_CONFIGS]
+    return config_params(module.TUNED_CONFIGS)
 
 
 @pytest.mark.parametrize("config", _tuned_configs(spmm_module))

@@ -32,7 +32,10 @@ def build_masks(scores: dict, sparsity, *, scope: str = "global", granularity: s
             channels), ``"kernel"`` (all kH×kW taps of a channel pair) or ``"n:m"`` (needs ``n_m``: keep the
             best n of every m consecutive weights along the input dimension of the 2-D view
             ``(out, in·kH·kW)``; a last, partial group keeps at most n).
-        block_size: ``(bh, bw)`` (or one int) for block granularity, over the 2-D view.
+        block_size: ``(bh, bw)`` (or one int) for block granularity, over the 2-D view: for a conv weight the
+            tap-major one, so the tiles are bh output x bw input channels at one kernel tap (with bw dividing
+            the input channels), what ``SparseConv2d(block_size=(bh, bw))`` and ``sparsify(..., block_size=)``
+            take.
         n_m: ``(n, m)`` for N:M granularity, e.g. ``(2, 4)``.
         reduce: how a unit's score is formed from its weights' scores: ``"mean"`` (default: fair between
             units of different sizes under global scope), ``"sum"`` or ``"l2"``.

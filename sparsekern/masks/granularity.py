@@ -1,7 +1,10 @@
 """The units a mask keeps or prunes as a whole, over a weight's 2-D view ``(out, in · kH · kW)``.
 
 - ``unstructured``: single weights;
-- ``block``: ``bh × bw`` tiles of the 2-D view (the last row / column of tiles may be partial);
+- ``block``: ``bh × bw`` tiles of the 2-D view (the last row / column of tiles may be partial). For a conv
+  weight ``(out, in, kH, kW)`` the view is tap-major, ``(out, kH · kW · in)`` (column ``t · in + c`` for tap
+  ``t``): a tile is ``bh`` output × ``bw`` input channels at one kernel tap when ``bw`` divides ``in``, the
+  blocks ``SparseConv2d(block_size=(bh, bw))`` takes;
 - ``channel``: whole output channels (filters, or a Linear's rows);
 - ``kernel``: all ``kH × kW`` taps of one (output, input) channel pair (single weights for a Linear).
 
@@ -26,6 +29,8 @@ class Units:
         self.granularity = granularity
         rows = self.shape[0] if self.shape else 1
         self.view = (rows, math.prod(self.shape[1:]) if len(self.shape) > 1 else 1)
+        # Conv blocks tile the tap-major view (see the module docstring); everything else the row-major one.
+        self.tap_major = granularity == "block" and len(self.shape) > 2
         if granularity == "block":
             self.block = block_size
         elif granularity == "channel":
@@ -55,7 +60,7 @@ class Units:
 
     def scores(self, element_scores: torch.Tensor, reduce: str) -> torch.Tensor:
         """One score per unit (float64, flattened grid order)."""
-        s = element_scores.detach().to(torch.float64).reshape(self.view)
+        s = self._to_view(element_scores.detach().to(torch.float64))
         if self.block == (1, 1):
             return s.flatten()
         tiles = self._tiles(s, 0.0)  # (grid_r, bh, grid_c, bw), zero padded
@@ -69,7 +74,7 @@ class Units:
 
     def all_of(self, element_flags: torch.Tensor) -> torch.Tensor:
         """Per unit: are all its weights flagged (a unit may be kept only if every weight of it may)."""
-        flags = element_flags.reshape(self.view)
+        flags = self._to_view(element_flags)
         if self.block == (1, 1):
             return flags.flatten().clone()
         return self._tiles(flags, True).all(dim=(1, 3)).flatten()
@@ -78,8 +83,14 @@ class Units:
         """Bool element mask of the weight's shape from a bool vector over the units."""
         bh, bw = self.block
         grid = kept_units.view(self.grid)
-        full = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
-        return full[: self.view[0], : self.view[1]].reshape(self.shape).clone()
+        full = grid.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: self.view[0], : self.view[1]]
+        if self.tap_major:  # (out, kH·kW·in) back to (out, in, kH, kW)
+            full = full.reshape(self.shape[0], *self.shape[2:], self.shape[1]).movedim(-1, 1)
+        return full.reshape(self.shape).clone(memory_format=torch.contiguous_format)
+
+    def _to_view(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(self.shape)
+        return (t.movedim(1, -1) if self.tap_major else t).reshape(self.view)
 
     def _tiles(self, t: torch.Tensor, fill) -> torch.Tensor:
         bh, bw = self.block

@@ -61,7 +61,7 @@ def check_backend(backend: str) -> str:
 def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str,
                     min_sparsity: float | None = None) -> str:
     """The backend ``"auto"`` stands for, given the layer's layout kind ("csr", "bsr" for SparseLinear,
-    "conv2d_csr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover
+    "conv2d_csr" / "conv2d_bsr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover
     (SparseConv2d's depends on its shape: ``conv_min_sparsity``). On CUDA the crossover comes from
     ``CUDA_MIN_SPARSITY`` (empty until measured: dense)."""
     if backend != "auto":

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _ops
+from .. import _extension, _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend, conv_min_sparsity, resolve_backend
-from .dense_fallback import DenseMaskedConv2d, DenseWeightCache
+from .dense_fallback import DenseMaskedConv2d
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
@@ -97,7 +97,7 @@ class SparseConv2d(KeptWeightsModule):
             mask = torch.ones(shape, dtype=torch.bool, device=device)
         mask = check_mask(mask, "mask", shape=shape, device=device)
 
-        self.register_buffer("mask", mask)
+        self.register_buffer("mask", mask.contiguous())  # the kernels view it flat
         # _skip_init (from_dense): the values are about to be overwritten, so neither draw them nor advance
         # the global RNG.
         if _skip_init:
@@ -125,19 +125,18 @@ class SparseConv2d(KeptWeightsModule):
         return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
 
     # ------------------------------------------------------------------------------------------ layout
-    def _build_layout(self, mask: torch.Tensor) -> None:
-        """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
+    def _layout_buffers(self, mask: torch.Tensor) -> dict:
+        """The kernel index buffers of ``mask`` (KeptWeightsModule installs them): the CSR layout, and with
+        ``block_size`` the tap-major block layout too."""
         layout = CSRLayout.from_mask(mask.reshape(self.out_channels, -1))
-        for name, tensor in zip(LAYOUT_BUFFERS, layout.tensors()):
-            self.register_buffer("_layout_" + name, tensor, persistent=False)
+        buffers = {"_layout_" + name: tensor for name, tensor in zip(LAYOUT_BUFFERS, layout.tensors())}
         if self.block_size is not None:
             blocks, to_blocks = _tap_major_blocks(mask, self.block_size)
-            for name, tensor in zip(LAYOUT_BUFFERS, blocks.tensors()):
-                self.register_buffer("_blocks_" + name, tensor, persistent=False)
+            buffers.update({"_blocks_" + name: tensor for name, tensor in zip(LAYOUT_BUFFERS, blocks.tensors())})
             # weight_values[to_blocks] are the kept blocks in block order; from_blocks is the inverse.
-            self.register_buffer("_values_to_blocks", to_blocks, persistent=False)
-            self.register_buffer("_values_from_blocks", torch.argsort(to_blocks), persistent=False)
-        self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
+            buffers["_values_to_blocks"] = to_blocks
+            buffers["_values_from_blocks"] = torch.argsort(to_blocks)
+        return buffers
 
     # ---------------------------------------------------------------------------------------- properties
     @property
@@ -164,8 +163,11 @@ class SparseConv2d(KeptWeightsModule):
         """What ``backend`` means for this layer on ``device_type`` (default: where the weights are) and inputs
         of spatial size ``input_size`` (default: the last input seen)."""
         device_type = device_type or self.weight_values.device.type
-        return resolve_backend(self.backend, self.layout_kind, self.sparsity, device_type,
-                               self.min_sparsity(input_size))
+        if self.backend == "auto" and device_type == "cuda" and self.groups > 1 and not self._runs_block_kernels(
+                device_type):
+            return "dense"  # the CSR conv lowering of conv_im2col.py serves groups == 1 only: the rest is reference
+        kind = self.layout_kind if device_type != "cuda" or self._runs_block_kernels(device_type) else "conv2d_csr"
+        return resolve_backend(self.backend, kind, self.sparsity, device_type, self.min_sparsity(input_size))
 
     def dense_weight(self) -> torch.Tensor:
         """The ``(C_out, C_in/groups, kH, kW)`` weight with zeros at pruned positions (differentiable).
@@ -219,9 +221,11 @@ class SparseConv2d(KeptWeightsModule):
         return _ops.csr_conv2d(x, self.weight_values, *self._layout_tensors(), self.bias, *self._geometry())
 
     def _runs_block_kernels(self, device_type: str) -> bool:
-        """Whether the sparse path takes the block-sparse ops: for a block mask on CUDA (Triton), not on CPU,
-        where the CSR conv kernels are the compiled ones."""
-        return self.block_size is not None and device_type == "cuda"
+        """Whether the sparse path takes the block-sparse ops: for a block mask on CUDA where their Triton
+        kernels are registered. Not on CPU, where the CSR conv kernels are the compiled ones, and not on a
+        CUDA install without the Triton kernels, where the CSR path (CUDA C++) serves the same mask."""
+        return (self.block_size is not None and device_type == "cuda"
+                and _extension.has_compiled_kernels("cuda", "conv2d_bsr"))
 
     def _block_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``sparsekern::bsr_conv2d`` over the tap-major blocks (any device; the reference where no kernel)."""
@@ -347,13 +351,26 @@ def _tap_major_blocks(mask: torch.Tensor, block_size) -> tuple[BSRLayout, torch.
     values from the mask's row-major order (``dense[mask]``) to that layout's block order."""
     c_out = mask.shape[0]
     tap_major = mask.permute(0, 2, 3, 1).reshape(c_out, -1)
-    try:
-        layout = BSRLayout.from_mask(tap_major, block_size)
-    except ValueError as error:
-        raise ValueError(f"mask: with block_size={tuple(block_size)} it must be made of whole blocks of output x "
-                         f"input channels at each kernel tap; in the tap-major view (C_out, kH*kW*C_in/groups): "
-                         f"{error}") from None
+    grid = _partial_blocks(mask, block_size)
+    if grid is not None:
+        (o, c, kh, kw), (bh, bw) = grid, block_size
+        raise ValueError(f"mask: with block_size={tuple(block_size)} it must be made of whole blocks of {bh} output x "
+                         f"{bw} input channels at each kernel tap, but mask[{o}:{o + bh}, {c}:{c + bw}, {kh}, {kw}] "
+                         f"is partly kept")
+    layout = BSRLayout.from_mask(tap_major, block_size)
     rank = torch.full(mask.shape, -1, dtype=torch.int64, device=mask.device)
     rank[mask] = torch.arange(int(mask.sum()), device=mask.device)
     ranks_tap_major = rank.permute(0, 2, 3, 1).reshape(c_out, -1)[tap_major]  # kept ones, tap-major order
     return layout, ranks_tap_major[layout.from_elements]
+
+
+def _partial_blocks(mask: torch.Tensor, block_size):
+    """(first output channel, first input channel, kh, kw) of the first partly kept block, or None."""
+    bh, bw = block_size
+    c_out, c_in, kh, kw = mask.shape
+    blocks = mask.view(c_out // bh, bh, c_in // bw, bw, kh, kw)
+    partial = blocks.any(dim=(1, 3)) & ~blocks.all(dim=(1, 3))
+    if not bool(partial.any()):
+        return None
+    o, c, i, j = partial.nonzero()[0].tolist()
+    return o * bh, c * bw, i, j

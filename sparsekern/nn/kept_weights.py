@@ -2,10 +2,12 @@
 
 A subclass holds ``weight_values`` (Parameter, one entry per kept weight in the mask's row-major order),
 ``mask`` (bool buffer of the dense weight's shape), ``backend``, ``layout_kind`` (its key in
-backend.CPU_MIN_SPARSITY), ``dense_weight()`` and ``_build_layout(mask)``, which registers the layout's
-index tensors as the buffers ``_layout_<name>`` for ``name`` in ``LAYOUT_BUFFERS``. This base adds the
-mask's life cycle (``set_mask``, checkpoints holding a different mask, dense checkpoints), the counts and
-the backend resolution, written once for SparseLinear and SparseConv2d.
+backend.CPU_MIN_SPARSITY), ``dense_weight()`` and ``_layout_buffers(mask)``, which derives the layout's
+index tensors from a mask (the buffers ``_layout_<name>`` for ``name`` in ``LAYOUT_BUFFERS``, and whatever
+else the subclass's kernels need) and raises on a mask the layer cannot take. This base adds the mask's
+life cycle (``set_mask``, checkpoints holding a different mask, dense checkpoints), the counts and the
+backend resolution, written once for SparseLinear and SparseConv2d. A new mask's buffers are all derived
+before anything is replaced, so a mask that is refused leaves the layer as it was.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..validation import check_mask
 from .backend import resolve_backend
+from .dense_fallback import DenseWeightCache
 
 # The layout tensors every sparse op takes (CSRLayout.tensors(), or a BSR layout's block-grid CSR), in order.
 LAYOUT_BUFFERS = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
@@ -24,6 +27,15 @@ class KeptWeightsModule(nn.Module):
         buffers = self._buffers  # read directly: nn.Module.__getattr__ is a slow fallback, once per layer call
         return tuple(buffers["_layout_" + name] for name in LAYOUT_BUFFERS)
 
+    def _build_layout(self, mask: torch.Tensor) -> None:
+        """Derive the kernel index buffers from ``mask`` (once per mask, never per step) and install them."""
+        self._install_layout(self._layout_buffers(mask))
+
+    def _install_layout(self, buffers: dict) -> None:
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
+        self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow the new mask
+
     def set_mask(self, mask) -> None:
         """Replace the mask: weights kept in both masks keep their values, newly kept weights start at 0.
 
@@ -31,9 +43,10 @@ class KeptWeightsModule(nn.Module):
         state after calling this.
         """
         mask = check_mask(mask, "mask", shape=tuple(self.mask.shape), device=self.mask.device)
+        buffers = self._layout_buffers(mask)  # may refuse the mask: before anything changes
         new_values = self.dense_weight().detach()[mask]
-        self.mask = mask.clone()
-        self._build_layout(self.mask)
+        self.mask = mask.clone(memory_format=torch.contiguous_format)  # the kernels view it flat
+        self._install_layout(buffers)
         self.weight_values.data = new_values
 
     @property
@@ -60,8 +73,10 @@ class KeptWeightsModule(nn.Module):
         if mask_key in state_dict:
             mask = check_mask(state_dict[mask_key], mask_key, shape=self.mask.shape)
             if not torch.equal(mask.to(self.mask.device), self.mask):
-                self.mask = mask.to(self.mask.device).clone()
-                self._build_layout(self.mask)
+                mask = mask.to(self.mask.device).clone(memory_format=torch.contiguous_format)
+                buffers = self._layout_buffers(mask)
+                self.mask = mask
+                self._install_layout(buffers)
                 self.weight_values.data = self.weight_values.data.new_empty(int(self.mask.sum()))
         if dense_key in state_dict and values_key not in state_dict:
             # A dense checkpoint (nn.Linear / nn.Conv2d): keep its weights at this layer's kept positions.

@@ -22,7 +22,7 @@ from .. import _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend
-from .dense_fallback import DenseMaskedLinear, DenseWeightCache
+from .dense_fallback import DenseMaskedLinear
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
@@ -62,7 +62,7 @@ class SparseLinear(KeptWeightsModule):
             mask = torch.ones(shape, dtype=torch.bool, device=device)
         mask = check_mask(mask, "mask", shape=shape, device=device)
 
-        self.register_buffer("mask", mask)
+        self.register_buffer("mask", mask.contiguous())  # the kernels view it flat
         # _skip_init (from_dense): the values are about to be overwritten, so neither draw them nor advance
         # the global RNG.
         if _skip_init:
@@ -81,16 +81,15 @@ class SparseLinear(KeptWeightsModule):
         self._build_layout(mask)
 
     # ------------------------------------------------------------------------------------------ layout
-    def _build_layout(self, mask: torch.Tensor) -> None:
-        """Derive the kernel index buffers from ``mask`` (once per mask, never per step)."""
+    def _layout_buffers(self, mask: torch.Tensor) -> dict:
+        """The kernel index buffers of ``mask`` (KeptWeightsModule installs them)."""
         elements = CSRLayout.from_mask(mask)  # element-level CSR: the dense fallback's index
         if self.block_size is None:
             tensors, from_elements = elements.tensors(), None
         else:
             layout = BSRLayout.from_mask(mask, self.block_size)
             tensors, from_elements = layout.tensors(), layout.from_elements
-        for name, tensor in zip(LAYOUT_BUFFERS, tensors):
-            self.register_buffer("_layout_" + name, tensor, persistent=False)
+        buffers = {"_layout_" + name: tensor for name, tensor in zip(LAYOUT_BUFFERS, tensors)}
         # BSR: from_elements (row-major kept values -> block order) as a gather of whole runs. A mask of whole
         # blocks keeps each block's bw columns of one row next to each other in row-major order, at an offset
         # that is a multiple of bw, so block order is a permutation of the rows of values.view(-1, bw): one
@@ -99,13 +98,11 @@ class SparseLinear(KeptWeightsModule):
         if from_elements is not None:
             from_runs = from_elements.view(-1, self.block_size[1])[:, 0] // self.block_size[1]
             to_runs = torch.argsort(from_runs)  # its inverse
-        self.register_buffer("_layout_from_runs", from_runs, persistent=False)
-        self.register_buffer("_layout_to_runs", to_runs, persistent=False)
-        self.register_buffer("_element_row_offsets", None if self.block_size is None else elements.row_offsets,
-                             persistent=False)
-        self.register_buffer("_element_col_indices", None if self.block_size is None else elements.col_indices,
-                             persistent=False)
-        self._dense_cache = DenseWeightCache()  # the dense fallback's weight; its zeros follow this mask
+        buffers["_layout_from_runs"] = from_runs
+        buffers["_layout_to_runs"] = to_runs
+        buffers["_element_row_offsets"] = None if self.block_size is None else elements.row_offsets
+        buffers["_element_col_indices"] = None if self.block_size is None else elements.col_indices
+        return buffers
 
     # ---------------------------------------------------------------------------------------- properties
     @property

@@ -42,17 +42,19 @@ def sparsify(model: nn.Module, masks: dict, *, block_size=None, backend: str = "
                            f"(expected names like 'fc.weight'; the model's Linear and Conv2d weights are "
                            f"{sorted(n + '.weight' for n, m in modules.items() if isinstance(m, _SUPPORTED))[:8]})")
         module = modules[module_name]
-        if isinstance(module, (SparseLinear, SparseConv2d)):
-            check_mask(mask, "mask", shape=module.mask.shape, device=module.mask.device)
-            replacements.append((module_name, module, mask))
-            continue
-        if isinstance(module, nn.Conv2d):
-            sparse = SparseConv2d.from_dense(module, mask, block_size=block_size, backend=backend)
-        elif isinstance(module, nn.Linear):
-            sparse = SparseLinear.from_dense(module, mask, block_size=block_size, backend=backend)
-        else:
+        if not isinstance(module, _SUPPORTED):
             raise TypeError(f"masks: {name!r} belongs to a {type(module).__name__}; sparsify supports nn.Linear "
                             f"and nn.Conv2d")
+        try:
+            if isinstance(module, (SparseLinear, SparseConv2d)):
+                mask = check_mask(mask, "mask", shape=module.mask.shape, device=module.mask.device)
+                module._layout_buffers(mask)  # refuses a mask the layer cannot take (e.g. not whole blocks)
+                replacements.append((module_name, module, mask))
+                continue
+            cls = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+            sparse = cls.from_dense(module, mask, block_size=block_size, backend=backend)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"masks[{name!r}]: {error}") from None
         replacements.append((module_name, sparse, None))
 
     for module_name, sparse, new_mask in replacements:

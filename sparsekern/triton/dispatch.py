@@ -13,8 +13,8 @@ Each function, for tensors of any device (the tests call them on CPU tensors und
 1. runs the reference's argument checks (``_ops._check_spmm`` / ``_check_spmm_bt`` / ``_check_sddmm``:
    shapes and dtypes, the same messages) and checks that every tensor is on the device of the values
    (the first operand for the SDDMM);
-2. checks the layout's contents (``_ops._check_layout_values``) once per distinct layout storage, see
-   ``validate_layout_once``;
+2. checks the layout's contents (``_ops._check_layout_values``) once per distinct layout storage
+   (``sparsekern.gpu_checks.validate_layout_once``, also named here);
 3. runs the Triton kernel when the dtype is float32, float16 or bfloat16 and both block sides are 16, 32,
    64 or 128; otherwise the **reference fallback** (``sparsekern.reference`` on the same device, float32
    accumulation for 16-bit dtypes): float64 (what gradcheck runs) and any other block size.
@@ -26,8 +26,7 @@ import contextlib
 import torch
 
 from .. import _ops, reference
-from ..check_once import check_once
-from ..check_once import clear as clear_checks
+from ..gpu_checks import LAYOUT_NAMES, check_devices, clear_validated_layouts, validate_layout_once  # noqa: F401
 from . import bsr_sddmm as _sddmm_kernels
 from . import bsr_spmm as _spmm_kernels
 
@@ -38,33 +37,6 @@ TRITON_BLOCK_SIZES = _spmm_kernels.BLOCK_SIZES
 def uses_triton(dtype: torch.dtype, bh: int, bw: int) -> bool:
     """Whether a call with this dtype and block shape runs a Triton kernel (else the reference fallback)."""
     return dtype in TRITON_DTYPES and bh in TRITON_BLOCK_SIZES and bw in TRITON_BLOCK_SIZES
-
-
-# --------------------------------------------------------------------------------- layout validation
-# The layout's contents (offsets running 0..nnz, indices in range and sorted) must be checked before a kernel
-# reads through them, but not on every call: check_once.py says why and how a check is remembered.
-
-def validate_layout_once(layout) -> None:
-    """``_ops._check_layout_values(*layout)`` (ValueError on a corrupt layout), skipped for a layout whose
-    tensors passed it before and have not been written to or freed since (``sparsekern.check_once``)."""
-    checked = layout[:4]  # row_offsets, col_indices, t_row_offsets, t_col_indices: what the check reads
-    check_once("layout", checked, lambda: _ops._check_layout_values(*layout))
-
-
-def clear_validated_layouts() -> None:
-    """Forget every checked layout (tests; or after writing a layout's memory behind PyTorch's back)."""
-    clear_checks()
-
-
-# ------------------------------------------------------------------------------------------ devices
-
-_LAYOUT_NAMES = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
-
-
-def _check_devices(device, where, named):
-    for name, t in named:
-        if t is not None and t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (where {where} is), got one on {t.device}")
 
 
 def _on(device):
@@ -80,7 +52,7 @@ def bsr_spmm_cuda(values, row_offsets, col_indices, t_row_offsets, t_col_indices
     {16, 32, 64, 128}; otherwise the reference fallback."""
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     _ops._check_spmm(values, layout, dense, block=True)
-    _check_devices(values.device, "values", (*zip(_LAYOUT_NAMES, layout), ("dense", dense)))
+    check_devices(values.device, "values", (*zip(LAYOUT_NAMES, layout), ("dense", dense)))
     validate_layout_once(layout)
     if not uses_triton(values.dtype, values.shape[1], values.shape[2]):
         return _reference_fallback_bsr_spmm(values, layout, dense)
@@ -95,7 +67,7 @@ def bsr_spmm_bt_cuda(values, row_offsets, col_indices, t_row_offsets, t_col_indi
     Triton for float32/float16/bfloat16 with bh, bw in {16, 32, 64, 128}; otherwise the reference fallback."""
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     _ops._check_spmm_bt(values, layout, dense, bias, block=True)
-    _check_devices(values.device, "values", (*zip(_LAYOUT_NAMES, layout), ("dense", dense)))
+    check_devices(values.device, "values", (*zip(LAYOUT_NAMES, layout), ("dense", dense)))
     validate_layout_once(layout)
     if not uses_triton(values.dtype, values.shape[1], values.shape[2]):
         return _reference_fallback_bsr_spmm_bt(values, layout, dense, bias)
@@ -109,7 +81,7 @@ def bsr_sddmm_cuda(a, b, row_offsets, col_indices, t_row_offsets, t_col_indices,
     {16, 32, 64, 128}; otherwise the reference fallback."""
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
     _, bh, bw = _ops._check_sddmm(a, b, layout, block=True)
-    _check_devices(a.device, "a", (("b", b), *zip(_LAYOUT_NAMES, layout)))
+    check_devices(a.device, "a", (("b", b), *zip(LAYOUT_NAMES, layout)))
     validate_layout_once(layout)
     if not uses_triton(a.dtype, bh, bw):
         return _reference_fallback_bsr_sddmm(a, b, layout)
