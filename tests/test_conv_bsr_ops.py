@@ -357,3 +357,32 @@ def test_grouped_layer_on_cuda_without_block_kernels_resolves_auto_to_dense(monk
     plain = SparseConv2d(4, 4, 3, mask=torch.rand(4, 4, 3, 3) > 0.5, backend="auto")
     assert grouped.resolved_backend("cuda") == "dense"  # the CUDA lowering serves groups == 1 only
     assert plain.resolved_backend("cuda") == "sparse"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kwargs", [dict(), dict(stride=2), dict(kernel_size=1, padding=0)], ids=str)
+def test_block_layer_on_cuda_runs_the_block_kernels(kwargs, dtype):
+    """On a GPU: the layer takes the Triton block ops, and they match the masked conv in float64."""
+    args = dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, block_size=(16, 16), backend="sparse",
+                dtype=F32)
+    args.update(kwargs)
+    mask = tap_block_mask(48, 32, (args["kernel_size"],) * 2, (16, 16), 0.5)
+    layer = SparseConv2d(mask=mask, **args).cuda()
+    assert layer._runs_block_kernels("cuda")
+    dense = layer.to_dense().double()
+    layer = layer.to(dtype)
+    x = torch.randn(3, 32, 9, 7, device="cuda")
+    xs, x64 = x.to(dtype).requires_grad_(), x.double().requires_grad_()
+    y, y64 = layer(xs), dense(x64)
+    g = torch.randn_like(y64)
+    y.backward(g.to(dtype))
+    y64.backward(g)
+    plain = layer.to_dense()  # the same weights in the layer's dtype: the error baseline
+    xp = x.to(dtype).requires_grad_()
+    yp = plain(xp)
+    yp.backward(g.to(dtype))
+    assert_error_budget(y.detach(), yp.detach(), y64.detach(), 2.0, "y")
+    assert_error_budget(xs.grad, xp.grad, x64.grad, 3.0, "dx")
+    kept = dense.weight.grad[layer.mask]
+    assert_error_budget(layer.weight_values.grad, plain.weight.grad[layer.mask], kept, 3.0, "dW")
