@@ -3,15 +3,17 @@
 
 - ``check_devices``: every tensor on the device of the first operand; a kernel handed a pointer into another
   device's memory would read garbage or fault, so this is a clear ValueError instead.
-- ``validate_layout_once``: a layout's contents (offsets running 0..nnz, indices in range and sorted) must be
-  checked before a kernel reads through them, but reading them syncs with the GPU, so not on every call:
-  once per layout storage (``check_once.py`` says how a check is remembered). Every GPU path uses the same
-  tag and tensors, so they share their verdicts.
+- ``validate_layout_once``: a layout's contents must be checked before a kernel reads through them (offsets
+  running 0..nnz, indices in range and sorted, and, since the transposed products read ``values`` through
+  ``t_perm``, the transpose half a permutation describing the same positions: ``CSRLayout.validate``), but
+  reading them syncs with the GPU, so not on every call: once per layout storage (``check_once.py`` says how a
+  check is remembered). Every GPU path uses the same tag and tensors, so they share their verdicts.
 """
 from __future__ import annotations
 
 from .check_once import check_once
 from .check_once import clear as clear_checks
+from .layout import check_transpose_metadata
 
 LAYOUT_NAMES = ("row_offsets", "col_indices", "t_row_offsets", "t_col_indices", "t_perm", "t_perm_inv")
 
@@ -24,12 +26,16 @@ def check_devices(device, where, named) -> None:
 
 
 def validate_layout_once(layout) -> None:
-    """``_ops._check_layout_values(*layout)`` (ValueError on a corrupt layout), skipped for a layout whose
-    tensors passed it before and have not been written to or freed since."""
+    """``_ops._check_layout_values(*layout)`` and ``layout.check_transpose_metadata`` (ValueError on a corrupt
+    layout), skipped for a layout whose tensors passed them before and have not been written to or freed
+    since."""
     from . import _ops  # _ops imports the modules that import this one
 
-    checked = layout[:4]  # row_offsets, col_indices, t_row_offsets, t_col_indices: what the check reads
-    check_once("layout", checked, lambda: _ops._check_layout_values(*layout))
+    def check():
+        _ops._check_layout_values(*layout)
+        check_transpose_metadata(*layout)
+
+    check_once("layout", tuple(layout), check)
 
 
 def clear_validated_layouts() -> None:

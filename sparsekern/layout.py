@@ -107,12 +107,7 @@ class CSRLayout:
         check_compressed("row_offsets", "col_indices", self.row_offsets, self.col_indices, n_rows, n_cols)
         check_compressed("t_row_offsets", "t_col_indices", self.t_row_offsets, self.t_col_indices,
                           n_cols, n_rows)
-        _check_permutation(self.t_perm, self.t_perm_inv, self.nnz)
-        # The transpose must describe the same set of positions.
-        rows = row_ids(self.row_offsets)[self.t_perm]
-        if not torch.equal(rows.to(torch.int32), self.t_col_indices) or not torch.equal(
-                self.col_indices[self.t_perm], row_ids(self.t_row_offsets).to(torch.int32)):
-            raise ValueError("layout: transpose metadata (t_*) does not describe the same kept positions")
+        check_transpose_metadata(*self.tensors())
         return self
 
 
@@ -226,9 +221,24 @@ def check_compressed(offsets_name, indices_name, offsets, indices, n_rows, n_col
             raise ValueError(f"layout: {indices_name} must be strictly increasing within each row")
 
 
+def check_transpose_metadata(row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv):
+    """t_perm/t_perm_inv a permutation and its inverse, and the transpose half (t_*) the same kept positions
+    as the CSR half (both halves already checked by check_compressed): what a kernel reading the values of
+    the transpose through t_perm relies on."""
+    _check_permutation(t_perm, t_perm_inv, col_indices.numel())
+    rows = row_ids(row_offsets)[t_perm]
+    if not torch.equal(rows.to(torch.int32), t_col_indices) or not torch.equal(
+            col_indices[t_perm], row_ids(t_row_offsets).to(torch.int32)):
+        raise ValueError("layout: transpose metadata (t_*) does not describe the same kept positions")
+
+
 def _check_permutation(perm, perm_inv, n):
     if perm.numel() != n or perm_inv.numel() != n:
         raise ValueError(f"layout: t_perm/t_perm_inv must have nnz={n} entries")
+    for name, p in (("t_perm", perm), ("t_perm_inv", perm_inv)):
+        # Before indexing with them: an index out of range is a device-side assert on a GPU, not an error.
+        if n and bool(((p < 0) | (p >= n)).any()):
+            raise ValueError(f"layout: {name} must lie in [0, {n})")
     arange = torch.arange(n, device=perm.device)
     if n and not torch.equal(perm[perm_inv], arange):
         raise ValueError("layout: t_perm_inv is not the inverse of t_perm")

@@ -364,6 +364,14 @@ def test_layout_contents_are_checked_once(monkeypatch):
     corrupt[1][0] = 10 ** 6
     with pytest.raises(ValueError, match="col_indices must lie in"):
         conv_im2col.csr_conv2d_im2col(case.x, case.values, *corrupt, None, *case.geometry)
+    # The transpose half too: the input gradient reads the values through t_perm.
+    for position, message in ((4, r"t_perm must lie in"), (5, r"t_perm_inv is not the inverse")):
+        corrupt = list(case.layout)
+        corrupt[position] = corrupt[position].clone()
+        corrupt[position][0] = 10 ** 6 if position == 4 else corrupt[position][1]
+        with pytest.raises(ValueError, match=message):
+            conv_im2col.csr_conv2d_input_grad_im2col(case.grad, case.values, *corrupt, case.input_size,
+                                                     *case.geometry)
 
 
 # --------------------------------------------------------------------------------------------- registration

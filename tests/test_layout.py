@@ -93,6 +93,8 @@ def _corruptions(layout: CSRLayout):
     tro, tci = layout.t_row_offsets, layout.t_col_indices
     swapped = layout.t_perm.clone()
     swapped[[0, 1]] = swapped[[1, 0]]
+    perm_outside = layout.t_perm.clone()
+    perm_outside[0] = layout.nnz + 5
     cols_out = ci.clone()
     cols_out[-1] = layout.shape[1]
     cols_neg = ci.clone()
@@ -127,6 +129,7 @@ def _corruptions(layout: CSRLayout):
                                         r"t_row_offsets must run from 0 to nnz="),
         "t_col_out_of_range": (dict(t_col_indices=t_cols_out), r"t_col_indices must lie in \[0, 7\)"),
         "perm_not_inverse": (dict(t_perm=swapped), r"t_perm_inv is not the inverse of t_perm"),
+        "perm_out_of_range": (dict(t_perm=perm_outside), r"t_perm must lie in \[0, \d+\)"),
         "perm_wrong_length": (dict(t_perm=layout.t_perm[:-1]), r"t_perm/t_perm_inv must have nnz="),
         # Each half valid on its own, but the transpose half belongs to another mask with the same nnz.
         "transpose_describes_other_positions": (

@@ -351,6 +351,9 @@ def test_dispatch_uses_triton_names_the_supported_cases(dispatch_conv):
     assert dispatch_conv.uses_triton(torch.bfloat16, 128, 16, 1)
     assert not dispatch_conv.uses_triton(F32, 16, 16, 2)
     assert not dispatch_conv.uses_triton(F32, 8, 16, 1) and not dispatch_conv.uses_triton(F64, 16, 16, 1)
+    # int32 pixel indices in the kernels: a pixel count beyond them takes the reference.
+    assert dispatch_conv.uses_triton(F32, 16, 16, 1, 2 ** 31 - 1)
+    assert not dispatch_conv.uses_triton(F32, 16, 16, 1, 2 ** 31)
 
 
 def test_dispatch_bad_arguments_raise_the_registry_errors(dispatch_conv, monkeypatch):

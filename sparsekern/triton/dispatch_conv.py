@@ -33,10 +33,19 @@ TRITON_DTYPES = _conv_kernels.SUPPORTED_DTYPES
 TRITON_BLOCK_SIZES = _conv_kernels.BLOCK_SIZES
 
 
-def uses_triton(dtype: torch.dtype, bh: int, bw: int, groups: int) -> bool:
-    """Whether a conv call with this dtype, block shape and groups runs a Triton kernel (else the reference)."""
+# The kernels index pixels (n, oh, ow) with int32 (element offsets are int64): beyond this, the reference.
+MAX_PIXELS = 2 ** 31 - 1
+
+
+def uses_triton(dtype: torch.dtype, bh: int, bw: int, groups: int, pixels: int = 0) -> bool:
+    """Whether a conv call with this dtype, block shape, groups and pixel count (the larger of N·H·W and
+    N·OH·OW) runs a Triton kernel (else the reference)."""
     return (dtype in TRITON_DTYPES and bh in TRITON_BLOCK_SIZES and bw in TRITON_BLOCK_SIZES
-            and int(groups) == 1)
+            and int(groups) == 1 and pixels <= MAX_PIXELS)
+
+
+def _pixels(x, y_shape) -> int:
+    return max(x.shape[0] * x.shape[2] * x.shape[3], y_shape[0] * y_shape[2] * y_shape[3])
 
 
 def bsr_conv2d_cuda(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, bias,
@@ -49,7 +58,7 @@ def bsr_conv2d_cuda(x, values, row_offsets, col_indices, t_row_offsets, t_col_in
                                           groups)
     check_devices(x.device, "x", (("values", values), *zip(LAYOUT_NAMES, layout), ("bias", bias)))
     validate_layout_once(layout)
-    if not uses_triton(values.dtype, values.shape[1], values.shape[2], groups):
+    if not uses_triton(values.dtype, values.shape[1], values.shape[2], groups, _pixels(x, shape)):
         return _reference_fallback_bsr_conv2d(x, values, layout, bias, kernel_size, stride, padding, dilation,
                                               groups, shape[2:])
     with _on(x.device):
@@ -61,11 +70,11 @@ def bsr_conv2d_input_grad_cuda(grad, values, row_offsets, col_indices, t_row_off
     """``sparsekern::bsr_conv2d_input_grad`` for CUDA tensors: dx (N, C_in, H, W) given dy = grad. Triton
     (a gather through the transpose metadata, no atomics) under the same conditions as the forward."""
     layout = (row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv)
-    _ops_conv_bsr._check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding,
-                                             dilation, groups)
+    dx_shape = _ops_conv_bsr._check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride,
+                                                        padding, dilation, groups)
     check_devices(grad.device, "grad", (("values", values), *zip(LAYOUT_NAMES, layout)))
     validate_layout_once(layout)
-    if not uses_triton(values.dtype, values.shape[1], values.shape[2], groups):
+    if not uses_triton(values.dtype, values.shape[1], values.shape[2], groups, _pixels(grad, dx_shape)):
         return _reference_fallback_bsr_conv2d_input_grad(grad, values, layout, input_size, kernel_size, stride,
                                                          padding, dilation, groups)
     with _on(grad.device):
@@ -82,7 +91,7 @@ def bsr_conv2d_weight_grad_cuda(grad, x, row_offsets, col_indices, t_row_offsets
                                                           dilation, groups)
     check_devices(grad.device, "grad", (("x", x), *zip(LAYOUT_NAMES, layout)))
     validate_layout_once(layout)
-    if not uses_triton(x.dtype, bh, bw, groups):
+    if not uses_triton(x.dtype, bh, bw, groups, _pixels(x, grad.shape)):
         return _reference_fallback_bsr_conv2d_weight_grad(grad, x, layout, kernel_size, stride, padding,
                                                           dilation, groups)
     with _on(grad.device):
