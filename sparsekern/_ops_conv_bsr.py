@@ -20,6 +20,10 @@ implicit-GEMM kernel multiplies with bw channels of the input shifted by that ta
 sparsekern/triton/bsr_conv2d.py, on CUDA). The CSR family views the weight channel-major instead, as
 ``F.unfold`` orders its rows; there a block of consecutive columns would mix channels and taps.
 
+**Memory format**: y is channels_last when x is (``activation_format``), dx when grad is, otherwise
+contiguous NCHW: a channels_last network stays channels_last, the layout in which the GPU kernels' gathers
+along the channels are contiguous (and cuDNN's preferred one).
+
 Every device runs the reference (``reference.bsr_conv2d*``, unfold-based) unless a kernel is registered for
 its dispatch key; on CPU, ``SparseConv2d`` runs a block mask through the CSR conv kernels instead.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from .reference import activation_format
 from ._ops import _LAYOUT_ARGS, _check_layout, _check_layout_values, _check_values_dtype, _lib
 from ._ops_conv import (_GEOMETRY, _check_activation, _check_geometry_args, _check_output_size,
                         register_conv_autograd)
@@ -39,6 +44,10 @@ SCHEMAS = {
 }
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
+
+
+def _empty_activation(shape, like: torch.Tensor, follow: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=activation_format(follow))
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -164,14 +173,15 @@ def _bsr_conv2d_weight_grad_reference(grad, x, *args):
 @torch.library.register_fake("sparsekern::bsr_conv2d", lib=_lib)
 def _fake_bsr_conv2d(x, values, *args):
     *layout, bias, kernel_size, stride, padding, dilation, groups = args
-    return x.new_empty(_check_bsr_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups))
+    return _empty_activation(_check_bsr_conv(x, values, layout, bias, kernel_size, stride, padding, dilation,
+                                             groups), x, x)
 
 
 @torch.library.register_fake("sparsekern::bsr_conv2d_input_grad", lib=_lib)
 def _fake_bsr_conv2d_input_grad(grad, values, *args):
     *layout, input_size, kernel_size, stride, padding, dilation, groups = args
-    return grad.new_empty(_check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride,
-                                                     padding, dilation, groups))
+    return _empty_activation(_check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride,
+                                                        padding, dilation, groups), grad, grad)
 
 
 @torch.library.register_fake("sparsekern::bsr_conv2d_weight_grad", lib=_lib)

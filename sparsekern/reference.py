@@ -176,6 +176,14 @@ def csr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_c
 # dividing Cg: each block column is one tap and bw consecutive input channels, the K-slice an implicit-GEMM
 # kernel loads. The reference unfolds the input into the same tap-major order and multiplies block by block.
 
+def activation_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor in that layout (and not also plain contiguous), else contiguous: the
+    memory format of a block conv op's output that follows ``t`` (y follows x, dx follows grad)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _unfold_tap_major(x, kernel_size, stride, padding, dilation, groups):
     """im2col of x (N, C, H, W) as (groups·kH·kW·Cg, N·L), rows g·(kH·kW·Cg) + t·Cg + c."""
     u = torch.nn.functional.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
@@ -218,7 +226,7 @@ def bsr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices
     out = out.view(n_block_rows * bh, n, *output_size).transpose(0, 1)
     if bias is not None:
         out = out + bias.to(compute).view(1, -1, 1, 1)
-    return out.to(x.dtype).contiguous()
+    return out.to(x.dtype).contiguous(memory_format=activation_format(x))
 
 
 def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
@@ -236,8 +244,9 @@ def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets,
     for s in _chunks(nnzb, g.shape[1] * bh * bw):
         du.index_add_(0, cols[s], torch.bmm(values[s].transpose(1, 2).to(compute), g_blocks[rows[s]].to(compute)))
     channels = groups * n_block_cols * bw // (kernel_size[0] * kernel_size[1])
-    return _fold_tap_major(du, n, grad.shape[2] * grad.shape[3], channels, input_size, kernel_size, stride, padding, dilation,
-                           groups).to(grad.dtype)
+    dx = _fold_tap_major(du, n, grad.shape[2] * grad.shape[3], channels, input_size, kernel_size, stride,
+                         padding, dilation, groups)
+    return dx.to(grad.dtype).contiguous(memory_format=activation_format(grad))
 
 
 def bsr_conv2d_weight_grad(grad, x, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv,

@@ -137,7 +137,13 @@ def test_input_layouts(view):
         x = x.contiguous(memory_format=torch.channels_last)
     else:
         x = torch.randn(3, 12, 9, 14)[:, ::2, :, ::2]
-    check_against_oracle(x, blocks, layout, bias, geometry((3, 3), padding=(1, 1)))
+    geo = geometry((3, 3), padding=(1, 1))
+    check_against_oracle(x, blocks, layout, bias, geo)
+    # The outputs follow the activations' layout: channels_last stays channels_last, anything else is NCHW.
+    fmt = torch.channels_last if view == "channels_last" else torch.contiguous_format
+    y = _ops.bsr_conv2d(x, blocks, *layout.tensors(), bias, *geo)
+    dx = _ops.bsr_conv2d_input_grad(y.detach(), blocks, *layout.tensors(), list(x.shape[2:]), *geo)
+    assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
 
 
 def test_gradcheck_and_gradgradcheck():
@@ -167,6 +173,11 @@ def test_opcheck(dtype, requires_grad):
     torch.library.opcheck(_ops.bsr_conv2d, (x, blocks, *t, None, *geo))
     torch.library.opcheck(_ops.bsr_conv2d_input_grad, (grad, blocks, *t, [5, 7], *geo))
     torch.library.opcheck(_ops.bsr_conv2d_weight_grad, (grad, x, *t, *geo))
+    # channels_last in, channels_last out: the fakes must give the same strides.
+    x_cl, grad_cl = (v.detach().contiguous(memory_format=torch.channels_last).requires_grad_(requires_grad)
+                     for v in (x, grad))
+    torch.library.opcheck(_ops.bsr_conv2d, (x_cl, blocks, *t, bias, *geo))
+    torch.library.opcheck(_ops.bsr_conv2d_input_grad, (grad_cl, blocks, *t, [5, 7], *geo))
 
 
 def test_half_precision_reference_accumulates_in_float32():

@@ -87,6 +87,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import activation_format
 from . import tuning
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -173,13 +174,13 @@ def _bsr_conv2d_gemm_kernel(
     indices_ptr,  # forward: col_indices; input gradient: t_col_indices (the block row of each entry)
     perm_ptr,  # input gradient: t_perm (entry p is block t_perm[p] of values); forward: unused
     bias_ptr,  # (n_block_rows · BH,) when HAS_BIAS
-    out_ptr,  # forward: y (N, C_out, OH, OW); input gradient: dx (N, C_in, H, W); contiguous
+    out_ptr,  # forward: y (N, C_out, OH, OW); input gradient: dx (N, C_in, H, W); NCHW or channels_last
     n_out_blocks,  # forward: block rows; input gradient: channel blocks (Cg / BW)
     N,
     OUT_H, OUT_W,  # spatial size of out (forward: OH, OW; input gradient: H, W)
     SRC_H, SRC_W,  # spatial size of src (forward: H, W; input gradient: OH, OW)
-    out_channels,  # channels of out
     stride_sn, stride_sc, stride_sh, stride_sw,
+    stride_on, stride_oc, stride_oh, stride_ow,
     channel_blocks,  # Cg / BW: block columns per tap
     KH, KW, SH, SW, PH, PW, DH, DW,
     size_class, layout_class,  # autotune key only
@@ -290,9 +291,9 @@ def _bsr_conv2d_gemm_kernel(
     channels = out_block.to(tl.int64) * OUT_BLOCK + offs_m
     if HAS_BIAS:
         acc += tl.load(bias_ptr + channels).to(tl.float32)[:, None]
-    # out is contiguous NCHW.
-    out_pixel = (n.to(tl.int64) * out_channels * OUT_H + out_h) * OUT_W + out_w
-    out_ptrs = out_ptr + channels[:, None] * (OUT_H * OUT_W) + out_pixel[None, :]
+    # Through out's strides: NCHW, or channels_last when the source is (then the channels are contiguous).
+    out_pixel = n.to(tl.int64) * stride_on + out_h.to(tl.int64) * stride_oh + out_w.to(tl.int64) * stride_ow
+    out_ptrs = out_ptr + channels[:, None] * stride_oc + out_pixel[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_tile[None, :])
 
 
@@ -409,7 +410,8 @@ def _geometry(kernel_size, stride, padding, dilation):
 
 def bsr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv, bias,
                kernel_size, stride, padding, dilation, groups):
-    """y (N, C_out, OH, OW) = conv2d(x, W) + bias, contiguous NCHW, with W the tap-major block-sparse weight.
+    """y (N, C_out, OH, OW) = conv2d(x, W) + bias, with W the tap-major block-sparse weight; channels_last when
+    x is (``reference.activation_format``), else contiguous NCHW.
 
     x (N, C_in, H, W) of any strides (read in place), values (nnzb, bh, bw) of x's dtype, bias (C_out,) or
     None. Only kept blocks are read or multiplied. groups == 1 only.
@@ -421,10 +423,11 @@ def bsr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices
     n_block_rows = row_offsets.numel() - 1
     c_out = n_block_rows * bh
     oh, ow = _output_size((height, width), kernel_size, stride, padding, dilation)
+    fmt = activation_format(x)
     if batch == 0 or values.shape[0] == 0:  # nothing to gather: the bias (or zeros) everywhere
-        y = torch.zeros(batch, c_out, oh, ow, dtype=x.dtype, device=x.device)
-        return y + bias.view(1, -1, 1, 1) if bias is not None else y
-    y = torch.empty(batch, c_out, oh, ow, dtype=x.dtype, device=x.device)
+        y = torch.empty(batch, c_out, oh, ow, dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
+        return y.add_(bias.view(1, -1, 1, 1)) if bias is not None else y
+    y = torch.empty(batch, c_out, oh, ow, dtype=x.dtype, device=x.device, memory_format=fmt)
     n_pixels = batch * oh * ow
 
     def grid(meta):
@@ -433,15 +436,16 @@ def bsr_conv2d(x, values, row_offsets, col_indices, t_row_offsets, t_col_indices
 
     _bsr_conv2d_gemm_kernel[grid](
         x, values.contiguous(), row_offsets.contiguous(), col_indices.contiguous(), col_indices,
-        bias.contiguous() if bias is not None else values, y, n_block_rows, batch, oh, ow, height, width, c_out,
-        *x.stride(), c_in // bw, *geometry, _size_class(n_pixels), _layout_class(x),
+        bias.contiguous() if bias is not None else values, y, n_block_rows, batch, oh, ow, height, width,
+        *x.stride(), *y.stride(), c_in // bw, *geometry, _size_class(n_pixels), _layout_class(x),
         BH=bh, BW=bw, TRANSPOSED=False, HAS_BIAS=bias is not None)
     return y
 
 
 def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm,
                           t_perm_inv, input_size, kernel_size, stride, padding, dilation, groups):
-    """dx (N, C_in, H, W), contiguous, of y = conv2d(x, W) given dy = grad (N, C_out, OH, OW), any strides.
+    """dx (N, C_in, H, W) of y = conv2d(x, W) given dy = grad (N, C_out, OH, OW), any strides; channels_last
+    when grad is, else contiguous NCHW.
 
     Gathers, per tile of dx, the kept blocks of each tap's block column through the transpose metadata
     (t_row_offsets, t_col_indices, t_perm): no atomics, no transposed copy of the values. groups == 1 only.
@@ -453,9 +457,11 @@ def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets,
     batch, c_out, oh, ow = grad.shape
     height, width = (int(v) for v in input_size)
     c_in = (t_row_offsets.numel() - 1) * bw // (kh * kw)
+    fmt = activation_format(grad)
     if batch == 0 or values.shape[0] == 0:
-        return torch.zeros(batch, c_in, height, width, dtype=grad.dtype, device=grad.device)
-    dx = torch.empty(batch, c_in, height, width, dtype=grad.dtype, device=grad.device)
+        return torch.empty(batch, c_in, height, width, dtype=grad.dtype, device=grad.device,
+                           memory_format=fmt).zero_()
+    dx = torch.empty(batch, c_in, height, width, dtype=grad.dtype, device=grad.device, memory_format=fmt)
     channel_blocks = c_in // bw
     # Pixels of one stride phase: the phase grid is cdiv(H, sh) x cdiv(W, sw) (the smaller phases masked).
     phase_pixels = batch * triton.cdiv(height, sh) * triton.cdiv(width, sw)
@@ -466,7 +472,7 @@ def bsr_conv2d_input_grad(grad, values, row_offsets, col_indices, t_row_offsets,
 
     _bsr_conv2d_gemm_kernel[grid](
         grad, values.contiguous(), t_row_offsets.contiguous(), t_col_indices.contiguous(), t_perm.contiguous(),
-        values, dx, channel_blocks, batch, height, width, oh, ow, c_in, *grad.stride(), channel_blocks,
+        values, dx, channel_blocks, batch, height, width, oh, ow, *grad.stride(), *dx.stride(), channel_blocks,
         *geometry, _size_class(batch * height * width), _layout_class(grad),
         BH=bh, BW=bw, TRANSPOSED=True, HAS_BIAS=False)
     return dx
