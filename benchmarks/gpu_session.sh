@@ -26,7 +26,8 @@
 #             may not finish: a stage that runs out of time ends with a report, not killed mid-case
 #   conv      python -m benchmarks.gpu_conv, bfloat16, target-first: 32- and 64-blocks and unstructured on
 #             ResNet-18's 64->64 @32x32 and 256->256 @8x8 at batch 128, then the 128->128 @16x16 and stride-2
-#             64->128 layers while time remains (70 s); one fixed Triton config per kernel
+#             64->128 layers while time remains (70 s), every candidate channels_last (the layout the Triton
+#             gathers vectorise in, and cuDNN's fastest for bfloat16); one fixed Triton config per kernel
 #             (SPARSEKERN_TRITON_AUTOTUNE=0, said in its report): autotuning compiles and times ~6 configs
 #             of each of the three conv kernels for every new shape and block size, minutes for this grid
 # A stage other than build finds the package built (on a fresh machine it builds first). A failed test or
@@ -142,7 +143,7 @@ wants bench && run_stage "benchmark float32" 30 - env SPARSEKERN_TRITON_AUTOTUNE
 # after 10-20 s of compiling per shape: left out here, kept in the script's default grid.
 wants conv && run_stage "benchmark conv bfloat16" 70 - env SPARSEKERN_TRITON_AUTOTUNE=0 "$PY" -m benchmarks.gpu_conv \
     --dtypes bfloat16 --shapes resnet18:layer1,resnet18:layer3,resnet18:layer2,resnet18:layer2.0.conv1 \
-    --layouts 32,64,csr --sparsities 0.5,0.8,0.9,0.95,0.99 --repeats 10 --no-compile --time-budget 50 \
+    --layouts 32,64,csr --sparsities 0.5,0.8,0.9,0.95,0.99 --repeats 10 --no-compile --channels-last --time-budget 50 \
     --out "$OUT" --name conv_gpu_bf16
 
 stage "done"
