@@ -1,4 +1,5 @@
-"""Every CUDA-served sparse op once, on small odd shapes, for compute-sanitizer (memcheck, racecheck).
+"""Every CUDA-served sparse op once (Linear and Conv2d, CUDA C++ and Triton), on small odd shapes, for
+compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/cuda/sanitize_smoke.py
 
@@ -17,7 +18,7 @@ import torch
 import sparsekern
 from sparsekern import reference
 from sparsekern.layout import CSRLayout
-from sparsekern.masks import random_mask
+from sparsekern.masks import build_masks, random_mask
 
 ops = torch.ops.sparsekern
 
@@ -79,6 +80,34 @@ def layer(device, block) -> bool:
             & _close(f"SparseLinear {name} db", sl.bias.grad, ones.sum(0), 1e-5))
 
 
+def conv_layer(device, block, channels_last) -> bool:
+    """A whole SparseConv2d step on the device: unstructured masks run the im2col lowering onto the CUDA C++
+    kernels, block masks the Triton implicit-GEMM kernels (strided, padded, odd image, both memory formats)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 48, 3, stride=2, padding=1)
+    shape = tuple(conv.weight.shape)
+    if block is None:
+        mask = torch.rand(shape) < 0.3
+    else:
+        mask = build_masks({"w": torch.rand(shape)}, 0.5, granularity="block", block_size=block)["w"]
+    layer = sparsekern.SparseConv2d.from_dense(conv, mask, block_size=block, backend="sparse").to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 32, 9, 7)
+    xd = x.to(device).contiguous(memory_format=fmt).detach().clone(memory_format=fmt).requires_grad_(True)
+    y = layer(xd)
+    g = torch.randn(y.shape, dtype=torch.float64)
+    y.backward(g.to(device, y.dtype).contiguous(memory_format=fmt))
+    w = (conv.weight.detach().double() * mask).requires_grad_(True)
+    b = conv.bias.detach().double().requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    ref = torch.nn.functional.conv2d(x64, w, b, stride=2, padding=1)
+    ref.backward(g)
+    name = f"SparseConv2d {'csr' if block is None else f'bsr{block}'} {'NHWC' if channels_last else 'NCHW'}"
+    return (_close(f"{name} y", y, ref.detach(), 1e-5) & _close(f"{name} dx", xd.grad, x64.grad, 1e-5)
+            & _close(f"{name} dW", layer.weight_values.grad, w.grad[mask], 1e-5)
+            & _close(f"{name} db", layer.bias.grad, b.grad, 1e-5))
+
+
 def main(argv) -> int:
     # `python tests/cuda/sanitize_smoke.py cpu` runs the same calls on the CPU: a check of this script itself.
     device = torch.device(argv[1] if len(argv) > 1 else "cuda")
@@ -96,6 +125,8 @@ def main(argv) -> int:
         ok &= unstructured(device, torch.bfloat16, 256, gen, n_rows=4500, n_cols=96)
     for block in (None, 16):
         ok &= layer(device, block)
+    for block, channels_last in ((None, False), (16, False), (16, True)):
+        ok &= conv_layer(device, block, channels_last)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print("sanitize smoke:", "ok" if ok else "FAILED")
