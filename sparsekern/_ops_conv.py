@@ -122,49 +122,61 @@ def _check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilat
 
 
 # ------------------------------------------------------------------------------------ reference and fakes
+# The same three registrations for each conv family (this CSR one and _ops_conv_bsr.py's block one): the
+# family's checks (each returns its output's shape), the layout's contents checked, then reference.py.
 
-@torch.library.impl(_lib, "csr_conv2d", "CompositeExplicitAutograd")
-def _csr_conv2d_reference(x, values, *args):
-    *layout, bias, kernel_size, stride, padding, dilation, groups = args
-    shape = _check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.csr_conv2d(x, values, *layout, bias, kernel_size, stride, padding, dilation, groups, shape[2:])
+def register_conv_references(family: str, checks, references, output_format=None) -> None:
+    """Registers the CompositeExplicitAutograd reference and the fake of ``sparsekern::{family}_conv2d``,
+    ``..._input_grad`` and ``..._weight_grad``. ``checks`` and ``references`` are the three ops' check and
+    reference.py functions; ``output_format(t)`` is the memory format of the forward's (input gradient's)
+    output, following x (grad); None: contiguous."""
+    check_conv, check_input_grad, check_weight_grad = checks
+    conv_ref, input_grad_ref, weight_grad_ref = references
+
+    def empty(shape, follow):
+        fmt = output_format(follow) if output_format is not None else torch.contiguous_format
+        return torch.empty(shape, dtype=follow.dtype, device=follow.device, memory_format=fmt)
+
+    def conv(x, values, *args):
+        *layout, bias, kernel_size, stride, padding, dilation, groups = args
+        shape = check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups)
+        _check_layout_values(*layout)
+        return conv_ref(x, values, *layout, bias, kernel_size, stride, padding, dilation, groups, shape[2:])
+
+    def input_grad(grad, values, *args):
+        *layout, input_size, kernel_size, stride, padding, dilation, groups = args
+        check_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation, groups)
+        _check_layout_values(*layout)
+        return input_grad_ref(grad, values, *layout, input_size, kernel_size, stride, padding, dilation, groups)
+
+    def weight_grad(grad, x, *args):
+        *layout, kernel_size, stride, padding, dilation, groups = args
+        check_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups)
+        _check_layout_values(*layout)
+        return weight_grad_ref(grad, x, *layout, kernel_size, stride, padding, dilation, groups)
+
+    def conv_fake(x, values, *args):
+        *layout, bias, kernel_size, stride, padding, dilation, groups = args
+        return empty(check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups), x)
+
+    def input_grad_fake(grad, values, *args):
+        *layout, input_size, kernel_size, stride, padding, dilation, groups = args
+        return empty(check_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation,
+                                      groups), grad)
+
+    def weight_grad_fake(grad, x, *args):
+        *layout, kernel_size, stride, padding, dilation, groups = args
+        return x.new_empty(check_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups))
+
+    name = f"{family}_conv2d"
+    for op, impl, fake in ((name, conv, conv_fake), (name + "_input_grad", input_grad, input_grad_fake),
+                           (name + "_weight_grad", weight_grad, weight_grad_fake)):
+        torch.library.impl(_lib, op, "CompositeExplicitAutograd")(impl)
+        torch.library.register_fake(f"sparsekern::{op}", fake, lib=_lib)
 
 
-@torch.library.impl(_lib, "csr_conv2d_input_grad", "CompositeExplicitAutograd")
-def _csr_conv2d_input_grad_reference(grad, values, *args):
-    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
-    _check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.csr_conv2d_input_grad(grad, values, *layout, input_size, kernel_size, stride, padding,
-                                           dilation, groups)
-
-
-@torch.library.impl(_lib, "csr_conv2d_weight_grad", "CompositeExplicitAutograd")
-def _csr_conv2d_weight_grad_reference(grad, x, *args):
-    *layout, kernel_size, stride, padding, dilation, groups = args
-    _check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.csr_conv2d_weight_grad(grad, x, *layout, kernel_size, stride, padding, dilation, groups)
-
-
-@torch.library.register_fake("sparsekern::csr_conv2d", lib=_lib)
-def _fake_conv2d(x, values, *args):
-    *layout, bias, kernel_size, stride, padding, dilation, groups = args
-    return x.new_empty(_check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups))
-
-
-@torch.library.register_fake("sparsekern::csr_conv2d_input_grad", lib=_lib)
-def _fake_conv2d_input_grad(grad, values, *args):
-    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
-    return grad.new_empty(_check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding,
-                                                 dilation, groups))
-
-
-@torch.library.register_fake("sparsekern::csr_conv2d_weight_grad", lib=_lib)
-def _fake_conv2d_weight_grad(grad, x, *args):
-    *layout, kernel_size, stride, padding, dilation, groups = args
-    return grad.new_empty(_check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups))
+register_conv_references("csr", (_check_conv, _check_conv_input_grad, _check_conv_weight_grad),
+                         (reference.csr_conv2d, reference.csr_conv2d_input_grad, reference.csr_conv2d_weight_grad))
 
 
 csr_conv2d = torch.ops.sparsekern.csr_conv2d.default

@@ -33,9 +33,9 @@ import torch
 
 from . import reference
 from .reference import activation_format
-from ._ops import _LAYOUT_ARGS, _check_layout, _check_layout_values, _check_values_dtype, _lib
+from ._ops import _LAYOUT_ARGS, _check_layout, _check_values_dtype, _lib
 from ._ops_conv import (_GEOMETRY, _check_activation, _check_geometry_args, _check_output_size,
-                        register_conv_autograd)
+                        register_conv_autograd, register_conv_references)
 
 SCHEMAS = {
     "bsr_conv2d": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias, {_GEOMETRY}) -> Tensor",
@@ -44,10 +44,6 @@ SCHEMAS = {
 }
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
-
-
-def _empty_activation(shape, like: torch.Tensor, follow: torch.Tensor) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=activation_format(follow))
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -145,51 +141,9 @@ def _check_bsr_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, d
 
 # ------------------------------------------------------------------------------------ reference and fakes
 
-@torch.library.impl(_lib, "bsr_conv2d", "CompositeExplicitAutograd")
-def _bsr_conv2d_reference(x, values, *args):
-    *layout, bias, kernel_size, stride, padding, dilation, groups = args
-    shape = _check_bsr_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.bsr_conv2d(x, values, *layout, bias, kernel_size, stride, padding, dilation, groups, shape[2:])
-
-
-@torch.library.impl(_lib, "bsr_conv2d_input_grad", "CompositeExplicitAutograd")
-def _bsr_conv2d_input_grad_reference(grad, values, *args):
-    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
-    _check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.bsr_conv2d_input_grad(grad, values, *layout, input_size, kernel_size, stride, padding,
-                                           dilation, groups)
-
-
-@torch.library.impl(_lib, "bsr_conv2d_weight_grad", "CompositeExplicitAutograd")
-def _bsr_conv2d_weight_grad_reference(grad, x, *args):
-    *layout, kernel_size, stride, padding, dilation, groups = args
-    _check_bsr_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups)
-    _check_layout_values(*layout)
-    return reference.bsr_conv2d_weight_grad(grad, x, *layout, kernel_size, stride, padding, dilation, groups)
-
-
-@torch.library.register_fake("sparsekern::bsr_conv2d", lib=_lib)
-def _fake_bsr_conv2d(x, values, *args):
-    *layout, bias, kernel_size, stride, padding, dilation, groups = args
-    return _empty_activation(_check_bsr_conv(x, values, layout, bias, kernel_size, stride, padding, dilation,
-                                             groups), x, x)
-
-
-@torch.library.register_fake("sparsekern::bsr_conv2d_input_grad", lib=_lib)
-def _fake_bsr_conv2d_input_grad(grad, values, *args):
-    *layout, input_size, kernel_size, stride, padding, dilation, groups = args
-    return _empty_activation(_check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, stride,
-                                                        padding, dilation, groups), grad, grad)
-
-
-@torch.library.register_fake("sparsekern::bsr_conv2d_weight_grad", lib=_lib)
-def _fake_bsr_conv2d_weight_grad(grad, x, *args):
-    *layout, kernel_size, stride, padding, dilation, groups = args
-    return x.new_empty(_check_bsr_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation,
-                                                   groups))
-
+register_conv_references("bsr", (_check_bsr_conv, _check_bsr_conv_input_grad, _check_bsr_conv_weight_grad),
+                         (reference.bsr_conv2d, reference.bsr_conv2d_input_grad, reference.bsr_conv2d_weight_grad),
+                         output_format=activation_format)
 
 bsr_conv2d = torch.ops.sparsekern.bsr_conv2d.default
 bsr_conv2d_input_grad = torch.ops.sparsekern.bsr_conv2d_input_grad.default
