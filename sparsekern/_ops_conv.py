@@ -80,6 +80,37 @@ def _check_output_size(input_size, kernel_size, stride, padding, dilation):
     return out
 
 
+# Shared by both conv families (_ops_conv_bsr.py too): the checks that do not depend on how W is stored.
+
+def _check_bias(bias, dtype, c_out):
+    if bias is not None:
+        if bias.dtype != dtype:
+            raise TypeError(f"bias: expected dtype {dtype}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != c_out:
+            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+
+
+def _check_input_grad_activations(grad, dtype, c_out, input_size, kernel_size, stride, padding, dilation):
+    """input_size and grad (N, C_out, OH, OW) of an input-gradient call."""
+    if len(input_size) != 2 or min(input_size) < 1:
+        raise ValueError(f"input_size: expected two positive integers (H, W), got {list(input_size)}")
+    out = _check_output_size(input_size, kernel_size, stride, padding, dilation)
+    _check_activation("grad", grad, dtype, c_out)
+    if tuple(grad.shape[2:]) != tuple(out):
+        raise ValueError(f"grad: expected spatial size {list(out)} (the output of input_size {list(input_size)}), "
+                         f"got shape {tuple(grad.shape)}")
+
+
+def _check_weight_grad_activations(grad, x, c_in, c_out, kernel_size, stride, padding, dilation):
+    """x (N, C_in, H, W) and grad (N, C_out, OH, OW) of a weight-gradient call."""
+    _check_activation("x", x, x.dtype, c_in)
+    out = _check_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    _check_activation("grad", grad, x.dtype, c_out)
+    if grad.shape[0] != x.shape[0] or tuple(grad.shape[2:]) != tuple(out):
+        raise ValueError(f"grad: expected shape {(x.shape[0], c_out, *out)} (the output of x {tuple(x.shape)}), "
+                         f"got {tuple(grad.shape)}")
+
+
 def _check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation, groups):
     c_out, c_in = _check_geometry(layout, kernel_size, stride, padding, dilation, groups)
     _check_values_dtype("values", values)
@@ -87,11 +118,7 @@ def _check_conv(x, values, layout, bias, kernel_size, stride, padding, dilation,
     if values.dim() != 1 or values.shape[0] != nnz:
         raise ValueError(f"values: expected shape ({nnz},), got {tuple(values.shape)}")
     _check_activation("x", x, values.dtype, c_in)
-    if bias is not None:
-        if bias.dtype != values.dtype:
-            raise TypeError(f"bias: expected dtype {values.dtype}, got {bias.dtype}")
-        if bias.dim() != 1 or bias.shape[0] != c_out:
-            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+    _check_bias(bias, values.dtype, c_out)
     return (x.shape[0], c_out, *_check_output_size(x.shape[2:], kernel_size, stride, padding, dilation))
 
 
@@ -100,24 +127,13 @@ def _check_conv_input_grad(grad, values, layout, input_size, kernel_size, stride
     _check_values_dtype("values", values)
     if values.dim() != 1 or values.shape[0] != layout[1].shape[0]:
         raise ValueError(f"values: expected shape ({layout[1].shape[0]},), got {tuple(values.shape)}")
-    if len(input_size) != 2 or min(input_size) < 1:
-        raise ValueError(f"input_size: expected two positive integers (H, W), got {list(input_size)}")
-    out = _check_output_size(input_size, kernel_size, stride, padding, dilation)
-    _check_activation("grad", grad, values.dtype, c_out)
-    if tuple(grad.shape[2:]) != tuple(out):
-        raise ValueError(f"grad: expected spatial size {list(out)} (the output of input_size {list(input_size)}), "
-                         f"got shape {tuple(grad.shape)}")
+    _check_input_grad_activations(grad, values.dtype, c_out, input_size, kernel_size, stride, padding, dilation)
     return (grad.shape[0], c_in, *input_size)
 
 
 def _check_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, dilation, groups):
     c_out, c_in = _check_geometry(layout, kernel_size, stride, padding, dilation, groups)
-    _check_activation("x", x, x.dtype, c_in)
-    out = _check_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
-    _check_activation("grad", grad, x.dtype, c_out)
-    if grad.shape[0] != x.shape[0] or tuple(grad.shape[2:]) != tuple(out):
-        raise ValueError(f"grad: expected shape {(x.shape[0], c_out, *out)} (the output of x {tuple(x.shape)}), "
-                         f"got {tuple(grad.shape)}")
+    _check_weight_grad_activations(grad, x, c_in, c_out, kernel_size, stride, padding, dilation)
     return (layout[1].shape[0],)
 
 

@@ -34,8 +34,9 @@ import torch
 from . import reference
 from .reference import activation_format
 from ._ops import _LAYOUT_ARGS, _check_layout, _check_values_dtype, _lib
-from ._ops_conv import (_GEOMETRY, _check_activation, _check_geometry_args, _check_output_size,
-                        register_conv_autograd, register_conv_references)
+from ._ops_conv import (_GEOMETRY, _check_activation, _check_bias, _check_geometry_args, _check_output_size,
+                        _check_input_grad_activations, _check_weight_grad_activations, register_conv_autograd,
+                        register_conv_references)
 
 SCHEMAS = {
     "bsr_conv2d": f"(Tensor x, Tensor values, {_LAYOUT_ARGS}, Tensor? bias, {_GEOMETRY}) -> Tensor",
@@ -86,11 +87,7 @@ def _check_bsr_conv(x, values, layout, bias, kernel_size, stride, padding, dilat
     bh, bw = _check_block_values(values, layout)
     c_out, c_in = _check_block_geometry(layout, bh, bw, kernel_size, stride, padding, dilation, groups)
     _check_activation("x", x, values.dtype, c_in)
-    if bias is not None:
-        if bias.dtype != values.dtype:
-            raise TypeError(f"bias: expected dtype {values.dtype}, got {bias.dtype}")
-        if bias.dim() != 1 or bias.shape[0] != c_out:
-            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+    _check_bias(bias, values.dtype, c_out)
     return (x.shape[0], c_out, *_check_output_size(x.shape[2:], kernel_size, stride, padding, dilation))
 
 
@@ -98,13 +95,7 @@ def _check_bsr_conv_input_grad(grad, values, layout, input_size, kernel_size, st
     """Checks a bsr_conv2d_input_grad call; returns dx's shape (N, C_in, H, W)."""
     bh, bw = _check_block_values(values, layout)
     c_out, c_in = _check_block_geometry(layout, bh, bw, kernel_size, stride, padding, dilation, groups)
-    if len(input_size) != 2 or min(input_size) < 1:
-        raise ValueError(f"input_size: expected two positive integers (H, W), got {list(input_size)}")
-    out = _check_output_size(input_size, kernel_size, stride, padding, dilation)
-    _check_activation("grad", grad, values.dtype, c_out)
-    if tuple(grad.shape[2:]) != tuple(out):
-        raise ValueError(f"grad: expected spatial size {list(out)} (the output of input_size {list(input_size)}), "
-                         f"got shape {tuple(grad.shape)}")
+    _check_input_grad_activations(grad, values.dtype, c_out, input_size, kernel_size, stride, padding, dilation)
     return (grad.shape[0], c_in, *input_size)
 
 
@@ -130,12 +121,7 @@ def _check_bsr_conv_weight_grad(grad, x, layout, kernel_size, stride, padding, d
                          f"block columns")
     bh, bw = grad.shape[1] // n_block_rows, columns // n_block_cols
     c_out, c_in = _check_block_geometry(layout, bh, bw, kernel_size, stride, padding, dilation, groups)
-    _check_activation("x", x, x.dtype, c_in)
-    out = _check_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
-    _check_activation("grad", grad, x.dtype, c_out)
-    if grad.shape[0] != x.shape[0] or tuple(grad.shape[2:]) != tuple(out):
-        raise ValueError(f"grad: expected shape {(x.shape[0], c_out, *out)} (the output of x {tuple(x.shape)}), "
-                         f"got {tuple(grad.shape)}")
+    _check_weight_grad_activations(grad, x, c_in, c_out, kernel_size, stride, padding, dilation)
     return (nnzb, bh, bw)
 
 
