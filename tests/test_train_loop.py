@@ -168,6 +168,13 @@ def test_compare_sweep_table_and_skip(tmp_path, capsys):
     assert all((root / d / "curves.png").is_file() for d in runs)
     assert main(args) == 0  # everything finished: nothing retrained
     assert "(6 already finished)" in capsys.readouterr().out
+    # The same folder with a setting the run names do not show: an error before anything trains, not a
+    # table of 1-epoch runs reported as 2-epoch ones.
+    before = {d: os.path.getmtime(root / d / "result.json") for d in runs}
+    assert main(args[:-2] + ["--epochs", "2"] + args[-2:]) == 2
+    err = capsys.readouterr().err
+    assert "different settings (epochs: 1 → 2)" in err and str(root) in err
+    assert {d: os.path.getmtime(root / d / "result.json") for d in runs} == before
 
 
 def test_no_validation_split_selects_the_last_epoch(tmp_path, monkeypatch):

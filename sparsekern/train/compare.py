@@ -2,7 +2,8 @@
 run one after another into one folder, then the paper-style table and plots built from the finished runs.
 
 Resumable by construction: each run has its own folder under the sweep folder; a finished run
-(``result.json`` present) is skipped, an interrupted one continues from its last checkpoint.
+(``result.json`` present) is skipped, an interrupted one continues from its last checkpoint. Either must have
+been started with the sweep's settings, or the sweep stops with an error that names what differs.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .trainer import RESULT, train
+from .trainer import RESULT, check_same_settings, saved_config, train
 
 
 def sweep_configs(base: TrainConfig, *, masks, sparsities, recipes, seeds, dense: bool, root: str) -> list:
@@ -34,7 +35,13 @@ def run_sweep(runs: list, root: str, *, log=print, progress: bool = True, verbos
     from .report import load_results
 
     os.makedirs(root, exist_ok=True)
-    todo = [c for c in runs if not os.path.isfile(os.path.join(c.run_dir(), RESULT))]
+    finished = [c for c in runs if os.path.isfile(os.path.join(c.run_dir(), RESULT))]
+    todo = [c for c in runs if c not in finished]
+    # A finished run is reused only if it ran with this sweep's settings: its folder name does not hold
+    # them all (epochs, which layers are pruned, ...), and a table mixing two settings would be wrong
+    # without saying so. Checked before any training starts.
+    for config in finished:
+        check_same_settings(saved_config(config.run_dir()), config, config.run_dir())
     log(f"compare: {len(runs)} runs in {root} ({len(runs) - len(todo)} already finished)")
     bar = tqdm(todo, desc="compare", unit="run", disable=not progress)
     for config in bar:

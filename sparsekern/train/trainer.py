@@ -66,8 +66,7 @@ class _Run:
     def execute(self) -> dict:
         c = self.config
         if os.path.isfile(os.path.join(self.dir, RESULT)) and c.resume:
-            with open(os.path.join(self.dir, CONFIG), encoding="utf-8") as f:
-                self._check_same_settings(json.load(f))
+            self._check_same_settings(saved_config(self.dir))
             self.log(f"{self.dir}: already finished; result.json kept")
             with open(os.path.join(self.dir, RESULT), encoding="utf-8") as f:
                 return json.load(f)
@@ -121,12 +120,7 @@ class _Run:
         return checkpoint
 
     def _check_same_settings(self, saved: dict) -> None:
-        now = self.config.to_dict()
-        changed = [k for k in _RESULT_AFFECTING if saved.get(k) != now.get(k)]
-        if changed:
-            raise ValueError(f"resume: the run in {self.dir!r} was started with different settings "
-                             f"({', '.join(f'{k}: {saved.get(k)!r} → {now.get(k)!r}' for k in changed)}); "
-                             f"resume with the same settings or choose another --out")
+        check_same_settings(saved, self.config, self.dir)
 
     def _last_batch_is_single(self) -> bool:
         """Whether each rank's last training batch would hold one image (BatchNorm cannot normalise it): then
@@ -368,6 +362,32 @@ _RESULT_AFFECTING = ("dataset", "image_size", "val_size", "augment", "model", "m
                      "masks_file", "recipe", "ghost_neurons", "ghost_skips", "init", "label_smoothing", "epsilon",
                      "ghost_fraction", "gradinit_iterations", "epochs", "batch_size", "optimizer", "lr", "momentum",
                      "weight_decay", "lr_schedule", "milestones", "lr_gamma", "seed", "backend", "deterministic")
+
+
+def check_same_settings(saved: dict, config: TrainConfig, run_dir: str) -> None:
+    """Raise if ``saved`` (a run's config.json) differs from ``config`` in a setting that changes results."""
+    now = config.to_dict()
+    changed = [k for k in _RESULT_AFFECTING if saved.get(k) != now.get(k)]
+    if changed:
+        raise ValueError(f"resume: the run in {run_dir!r} was started with different settings "
+                         f"({', '.join(f'{k}: {saved.get(k)!r} → {now.get(k)!r}' for k in changed)}); "
+                         f"resume with the same settings or choose another --out")
+
+
+def saved_config(run_dir: str) -> dict:
+    """A run folder's config.json, as written when the run started."""
+    path = os.path.join(run_dir, CONFIG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir}: holds result.json but no {CONFIG}; it was not written by "
+                                f"sparsekern train, or was damaged: move it out of the sweep folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(saved).__name__}")
+    return saved
 
 
 def make_recipe(config: TrainConfig, *, fresh: bool = True):
