@@ -48,6 +48,7 @@ def check_run_folder(run_dir, config):
     dict(recipe="tost", mask="magnitude", sparsity=0.8, init="fan_in", ghost_neurons=False, label_smoothing=False),
     dict(recipe="none", mask="dense", sparsity=0.0),
     dict(recipe="none", mask="random", sparsity=0.9, granularity="channel"),
+    dict(recipe="none", mask="random", sparsity=0.9, granularity="block", block_size=4),
 ])
 def test_one_epoch(tmp_path, settings):
     settings = dict(settings)
@@ -66,8 +67,14 @@ def test_one_epoch(tmp_path, settings):
     model = load_trained_model(os.path.join(config.run_dir(), "best.pt"), load_dataset("digits", image_size=8))
     masks = load_checkpoint(os.path.join(config.run_dir(), "best.pt"))["masks"]
     for name, mask in masks.items():
-        weight = model.get_submodule(name.rsplit(".", 1)[0]).to_dense().weight
+        layer = model.get_submodule(name.rsplit(".", 1)[0])
+        weight = layer.to_dense().weight
         assert torch.all(weight[~mask] == 0) and weight[mask].abs().sum() > 0
+        if config.granularity == "block":
+            # Block layouts where the blocks tile the weight (every 16- to 64-channel conv); CSR for the stem
+            # (1 input channel) and the 10-class classifier, whose masks have partial edge blocks.
+            tiles = name not in ("conv1.weight", "fc.weight")
+            assert layer.block_size == ((4, 4) if tiles else None), name
 
 
 def test_ghosts_fade_out_and_leave(tmp_path):

@@ -419,11 +419,32 @@ def _create_model(config: TrainConfig, data, device) -> nn.Module:
 
 
 def _apply_masks(model: nn.Module, masks: dict, config: TrainConfig, device) -> dict:
-    """Sparsify ``model`` with ``masks`` (moved to ``device``, which is returned)."""
+    """Sparsify ``model`` with ``masks`` (moved to ``device``, which is returned). With block granularity the
+    layers whose weights the blocks tile exactly get the block layout (and its kernels); the others (a stem
+    with one input channel, a 10-class classifier) were masked with partial edge blocks and keep CSR."""
     masks = {name: m.to(device) for name, m in masks.items()}
-    if masks:
-        sparsify(model, masks, backend=config.backend)
+    block = (config.block_size, config.block_size) if config.granularity == "block" else None
+    modules = dict(model.named_modules())
+    tiled = {name: m for name, m in masks.items()
+             if block is not None and _blocks_tile(modules.get(name.rpartition(".")[0]), block)}
+    rest = {name: m for name, m in masks.items() if name not in tiled}
+    if tiled:
+        sparsify(model, tiled, block_size=block, backend=config.backend)
+    if rest:
+        sparsify(model, rest, backend=config.backend)
     return masks
+
+
+def _blocks_tile(layer, block) -> bool:
+    """Whether ``block`` (bh, bw) tiles ``layer``'s weight as the block layouts need: a Linear's (out, in), a
+    Conv2d's (out, in) channels of a group at each kernel tap."""
+    bh, bw = block
+    if isinstance(layer, nn.Linear):
+        return layer.out_features % bh == 0 and layer.in_features % bw == 0
+    if isinstance(layer, nn.Conv2d):
+        groups = layer.groups
+        return (layer.out_channels // groups) % bh == 0 and (layer.in_channels // groups) % bw == 0
+    return False
 
 
 def rebuild_model(checkpoint: dict, config: TrainConfig, data, device):
