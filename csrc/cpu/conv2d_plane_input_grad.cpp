@@ -92,6 +92,28 @@ GatherLists<T> gather_lists(const T* values, const int32_t* t_offsets, const int
   return lists;
 }
 
+// Stride 2 with both column phases of padded row yp stored: dx row dst interleaves the two phase rows
+// (even pixels from one, odd from the other) in one pass the compiler vectorises with permutes; the
+// per-phase strided copies below ran one scalar store per pixel, about a fifth of the input gradient of a
+// 64->128 stride-2 3x3 on 32x32 maps at 98%. False (nothing written) when a phase is not stored.
+template <typename T>
+inline bool interleave_pair(const T* rows, const PlaneGeometry& p, const ConvGeometry& g, int64_t yp, int64_t i,
+                            T* __restrict dst) {
+  // Pixel x lies in column phase (x + pw) % 2, at grid column (x + pw) / 2 − grad_col0.
+  const int64_t even_phase = p.phase_index[(yp % g.sh) * 2 + g.pw % 2];
+  const int64_t odd_phase = p.phase_index[(yp % g.sh) * 2 + (1 + g.pw) % 2];
+  if (even_phase < 0 || odd_phase < 0) return false;
+  const T* __restrict even = rows + even_phase * p.grad_span + i * p.grad_pitch + g.pw / 2 - p.grad_col0;
+  const T* __restrict odd = rows + odd_phase * p.grad_span + i * p.grad_pitch + (1 + g.pw) / 2 - p.grad_col0;
+  const int64_t pairs = g.w / 2;
+  for (int64_t k = 0; k < pairs; ++k) {
+    dst[2 * k] = even[k];
+    dst[2 * k + 1] = odd[k];
+  }
+  if (g.w % 2) dst[g.w - 1] = even[pairs];
+  return true;
+}
+
 // Input channels [c0, c1) of one sample, from its framed dy planes, into dx_n (C_in, H, W).
 template <typename T>
 void input_grad_channels(const GatherLists<T>& lists, const ConvGeometry& g, const PlaneGeometry& p,
@@ -123,6 +145,7 @@ void input_grad_channels(const GatherLists<T>& lists, const ConvGeometry& g, con
       }
       // Column phase b holds the pixels x = x0, x0 + sw, ... with (x0 + pw) % sw == b, at consecutive grid
       // columns from (x0 + pw) / sw: one strided copy per phase, no division per pixel.
+      if (g.sw == 2 && interleave_pair(rows, p, g, yp, i, dst)) continue;
       for (int64_t b = 0; b < g.sw; ++b) {
         const int64_t x0 = ((b - g.pw) % g.sw + g.sw) % g.sw;
         const int64_t phase = p.phase_index[(yp % g.sh) * g.sw + b];

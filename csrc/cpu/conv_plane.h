@@ -127,6 +127,17 @@ ConvAlgorithm conv_algorithm(const ConvGeometry& g) {
   return 5 * pixels >= 4 * span ? ConvAlgorithm::kPlane : ConvAlgorithm::kBatch;
 }
 
+// dst[j] = src[2j] for j < n, reading src[0 .. 2n − 2] only. Explicit shuffles: GCC's own vectorisation of the
+// strided loop, on rows of 16-17 floats, left the stride-2 plane fill of a 64->128 3x3/s2 on 32x32 maps
+// about 25% slower.
+template <typename T>
+inline void copy_every_other(const T* __restrict src, int64_t n, T* __restrict dst) {
+  constexpr int64_t L = Simd<T>::kLanes;
+  int64_t j = 0;
+  for (; j + L <= n; j += L) Simd<T>::store(dst + j, Simd<T>::load_even(src + 2 * j));
+  for (; j < n; ++j) dst[j] = src[2 * j];
+}
+
 // Copies sample x_n (C, H, W, contiguous) channels [c0, c1) into their stored phase planes (zero frame,
 // zero tail) at planes + (c·phases + phase)·plane.
 template <typename T>
@@ -158,7 +169,7 @@ void fill_input_planes(const T* x_n, const ConvGeometry& g, const PlaneGeometry&
           if (g.sw == 1) {
             std::memcpy(dst, src, sizeof(T) * (j1 - j0));
           } else if (g.sw == 2) {  // the common strided case: a constant stride the compiler vectorises
-            for (int64_t j = 0; j < j1 - j0; ++j) dst[j] = src[2 * j];
+            copy_every_other(src, j1 - j0, dst);
           } else {
             for (int64_t j = 0; j < j1 - j0; ++j) dst[j] = src[j * g.sw];
           }

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace sparsekern {
 
@@ -32,6 +33,22 @@ struct Simd {
   static inline void store(T* p, vec v) { std::memcpy(p, &v, sizeof(vec)); }
   static inline vec broadcast(T x) { return vec{} + x; }
   static inline vec zero() { return vec{}; }
+  // {p[0], p[2], ..., p[2·(kLanes − 1)]}, reading p[0 .. 2·kLanes − 2] only (so a row's last wanted element
+  // may be the last readable one): two loads, the second one element early, and one two-input shuffle.
+  static inline vec load_even(const T* p) {
+    const vec a = load(p), b = load(p + kLanes - 1);
+#if defined(__GNUC__) && !defined(__clang__)
+    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+    typedef I index_vec __attribute__((vector_size(kVectorBytes)));
+    index_vec m;  // lanes k < kLanes/2 take a[2k]; the others b[2k + 1 − kLanes], i.e. p[2k]
+    for (int64_t k = 0; k < kLanes; ++k) m[k] = static_cast<I>(k < kLanes / 2 ? 2 * k : 2 * k + 1);
+    return __builtin_shuffle(a, b, m);
+#else
+    vec v;
+    for (int64_t k = 0; k < kLanes; ++k) v[k] = k < kLanes / 2 ? a[2 * k] : b[2 * k + 1 - kLanes];
+    return v;
+#endif
+  }
   static inline T sum(vec v) {
     T s = 0;
     for (int64_t i = 0; i < kLanes; ++i) s += v[i];
