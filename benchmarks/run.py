@@ -570,7 +570,7 @@ def conv_tables(rows, shapes, names, args, cc, common) -> str:
         safe = None if any(v is None for v in stays) else max(stays)
         out.append("Threshold for backend='auto' safe on every layer measured (max of 'stays ≥ dense from'): "
                    + ("none (sparse never stays ahead on some layer)" if safe is None else f"{safe:g}")
-                   + " (`CPU_MIN_SPARSITY['conv2d_csr']` in sparsekern/nn/backend.py).\n")
+                   + " (compare `CONV_MIN_SPARSITY` in sparsekern/nn/backend.py, per CPU profile and kind of conv).\n")
 
     # -- per layer
     out.append("## Per layer\n")

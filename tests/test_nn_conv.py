@@ -22,7 +22,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import _eps, assert_error_budget, exact_mm, max_err, train_beside_twin
 from sparsekern import SparseConv2d, _extension, _ops, sparsify
 from sparsekern.layout import CSRLayout
-from sparsekern.nn.backend import conv_min_sparsity
+from sparsekern.nn.backend import CPU_PROFILES, conv_min_sparsity
 
 F32, F64 = torch.float32, torch.float64
 BACKENDS = ["sparse", "dense"]
@@ -768,7 +768,7 @@ def test_resolved_backend():
     compiled = _extension.has_compiled_kernels("cpu")
     before = conv_min_sparsity((3, 3), (1, 1), 1, 5, 16)  # no input seen yet: the threshold of a 4x4 output map
     low = make_layer(5, 8, 3, 0.5, "auto")
-    high = make_layer(5, 8, 3, 0.9, "auto")
+    high = make_layer(5, 8, 3, 0.95, "auto")
     at = make_layer(5, 8, 3, before, "auto")
     assert low.sparsity < before <= high.sparsity
     assert low.min_sparsity() == before
@@ -781,11 +781,14 @@ def test_resolved_backend():
 
 
 def test_auto_crossover_follows_the_input_size():
-    """The crossover falls with the output map: at 65% sparsity a 3x3 conv runs dense on a 4x4 map and sparse
-    on a 32x32 one; the last input seen decides when no size is given, and a "same"-padded layer counts the
-    pixel it pads itself."""
+    """The crossover falls with the output map: between the two thresholds a 3x3 conv runs dense on a 4x4 map
+    and sparse on a 32x32 one; the last input seen decides when no size is given, and a "same"-padded layer
+    counts the pixel it pads itself."""
     compiled = _extension.has_compiled_kernels("cpu")
-    layer = make_layer(5, 8, 3, 0.65, "auto", padding=1)
+    on_small, on_large = (conv_min_sparsity((3, 3), (1, 1), 1, 5, pixels) for pixels in (16, 32 * 32))
+    assert on_large < on_small
+    layer = make_layer(5, 8, 3, (on_small + on_large) / 2, "auto", padding=1)
+    assert on_large <= layer.sparsity < on_small
     assert layer.resolved_backend(input_size=(4, 4)) == "dense"
     assert layer.resolved_backend(input_size=(32, 32)) == ("sparse" if compiled else "dense")
     layer(torch.randn(1, 5, 32, 32, dtype=F64))
@@ -794,8 +797,8 @@ def test_auto_crossover_follows_the_input_size():
     same = make_layer(5, 8, (4, 3), 0.5, "auto", padding="same")
     assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), (1, 1), 1, 5, 31 * 32)
     depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8)
-    assert depthwise.resolved_backend(input_size=(4, 4)) == "dense"  # sparse depthwise pays on 8x8 and up only
-    assert depthwise.resolved_backend(input_size=(8, 8)) == ("sparse" if compiled else "dense")
+    assert depthwise.resolved_backend(input_size=(4, 4)) == "dense"  # sparse depthwise pays on larger maps only
+    assert depthwise.resolved_backend(input_size=(16, 16)) == ("sparse" if compiled else "dense")
     strided = make_layer(8, 8, 3, 0.95, "auto", stride=2, padding=1, groups=8)
     assert strided.resolved_backend(input_size=(32, 32)) == "dense"  # strided depthwise: never
 
@@ -986,3 +989,16 @@ def test_sparsified_resnet18_matches_masked_dense():
     assert set(grads[0]) == set(grads[1])
     for name in grads[1]:
         close(grads[0][name], grads[1][name], name)
+
+
+@pytest.mark.parametrize("profile", CPU_PROFILES)
+def test_conv_crossover_tables(profile):
+    """Each profile's table: thresholds in [0.5, 1) where sparse can win, never rising as the output map
+    grows, "never" (> 1) for strided depthwise convs and for depthwise ones on maps below 8x8."""
+    for kind in ((3, 3), (1, 1), "depthwise"):
+        kernel, groups = ((3, 3), 8) if kind == "depthwise" else (kind, 1)
+        thresholds = [conv_min_sparsity(kernel, (1, 1), groups, 8, px, profile) for px in (1, 16, 64, 256, 1024, 4096)]
+        assert thresholds == sorted(thresholds, reverse=True), (kind, thresholds)
+        assert all(0.5 <= t < 1 or t > 1 for t in thresholds) and thresholds[-1] < 1, (kind, thresholds)
+    assert conv_min_sparsity((3, 3), (2, 2), 8, 8, 4096, profile) > 1
+    assert conv_min_sparsity((3, 3), (1, 1), 8, 8, 16, profile) > 1

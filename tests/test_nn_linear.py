@@ -18,7 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import (assert_error_budget, block_mask, exact_mask, mask_with_pruned_lines, oracle_mm,
                      train_beside_twin)
 from sparsekern import BSRLayout, CSRLayout, SparseLinear, _extension
-from sparsekern.nn.backend import CPU_MIN_SPARSITY
+from sparsekern.nn.backend import CPU_PROFILES, cpu_min_sparsity, cpu_profile
 
 F32, F64 = torch.float32, torch.float64
 LAYOUTS = ["csr", "bsr"]
@@ -501,14 +501,20 @@ def test_properties():
     assert "density=0.2500" in repr(layer)
 
 
+@pytest.mark.parametrize("profile", CPU_PROFILES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_resolved_backend(layout):
-    threshold = CPU_MIN_SPARSITY[layout]
+def test_resolved_backend(layout, profile, monkeypatch):
+    monkeypatch.setenv("SPARSEKERN_CPU_PROFILE", profile)
+    assert cpu_profile() == profile
+    threshold = cpu_min_sparsity(layout)
     low = make_layer(layout, 24, 20, 0.0, "auto")
-    high = make_layer(layout, 24, 20, 0.9 if layout == "csr" else 0.75, "auto")
-    assert low.sparsity < threshold <= high.sparsity
+    high = make_layer(layout, 24, 20, 0.95, "auto")
+    at = make_layer(layout, 24, 20, threshold, "auto")
+    assert low.sparsity < threshold <= high.sparsity and abs(at.sparsity - threshold) < 0.05
     assert low.resolved_backend() == "dense"
-    assert high.resolved_backend() == ("sparse" if _extension.AVAILABLE else "dense")
+    sparse = "sparse" if _extension.AVAILABLE else "dense"
+    assert high.resolved_backend() == sparse
+    assert at.resolved_backend() == (sparse if at.sparsity >= threshold - 1e-4 else "dense")
     for backend in BACKENDS:
         assert make_layer(layout, 24, 20, 0.5, backend).resolved_backend() == backend
     assert_matches_masked_linear(high, torch.randn(5, 24))
@@ -553,3 +559,18 @@ def test_from_dense_and_to_dense_draw_no_random_numbers(layout):
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(layer.weight_values, lin.weight.detach()[mask]) and torch.equal(layer.bias, lin.bias)
     assert torch.equal(back.weight, lin.weight.detach() * mask) and torch.equal(back.bias, lin.bias)
+
+
+def test_cpu_profile_detection_and_override(monkeypatch):
+    """The crossover table follows torch's CPU capability unless SPARSEKERN_CPU_PROFILE names one; a wrong
+    name is an error that says what is allowed, not a silent fallback."""
+    monkeypatch.delenv("SPARSEKERN_CPU_PROFILE", raising=False)
+    detected = cpu_profile()
+    assert detected == ("avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2")
+    for profile in CPU_PROFILES:
+        monkeypatch.setenv("SPARSEKERN_CPU_PROFILE", profile)
+        assert cpu_profile() == profile
+        assert 0.5 <= cpu_min_sparsity("csr") < 1 and 0.5 <= cpu_min_sparsity("bsr") < 1
+    monkeypatch.setenv("SPARSEKERN_CPU_PROFILE", "avx1024")
+    with pytest.raises(ValueError, match=r"SPARSEKERN_CPU_PROFILE: expected one of .*avx2.*avx1024"):
+        cpu_profile()

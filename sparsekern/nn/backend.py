@@ -8,16 +8,52 @@ GEMM is faster.
 """
 from __future__ import annotations
 
+import functools
+import os
+
+import torch
+
 from .. import _extension
 
 BACKENDS = ("auto", "sparse", "dense")
 
-# Smallest sparsity at which the compiled CPU kernels beat dense MKL in forward+backward, per layout.
-# Measured with `python -m benchmarks.run --suite crossover` (benchmarks/results/crossover_cpu.md): 2 threads,
-# float32, shapes 2048x2048@256, 768x3072@2048, 4096x1024@128. CSR was 0.80-0.94x dense at 0.65 and
-# 0.89-1.09x at 0.7 (the dense fallback runs at 0.85-0.98x); 16x16 BSR 0.82-1.17x at 0.65 and 0.95-1.35x at
-# 0.7.
-CPU_MIN_SPARSITY = {"csr": 0.70, "bsr": 0.70}
+# Where the sparse CPU kernels start to beat dense MKL/oneDNN depends on the machine: on a 2-core AVX-512
+# Xeon dense oneDNN convolutions ran 2-3x faster than on a 2-core AVX2 EPYC, the sparse kernels far less, so
+# the same 3x3 layer that beat dense from 60 % sparsity on the EPYC needed 70-90 % on the Xeon (the EPYC's
+# table there ran "auto" at 0.75-0.93x dense). One table per instruction-set profile, each measured on one
+# machine of that kind; SPARSEKERN_CPU_PROFILE=avx2|avx512 picks one by hand.
+CPU_PROFILES = ("avx2", "avx512")
+
+
+@functools.lru_cache(maxsize=None)
+def _detected_cpu_profile() -> str:
+    return "avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2"
+
+
+@torch.compiler.assume_constant_result  # compiled graphs bake the table in: no graph break on os.environ
+def cpu_profile() -> str:
+    """Which measured crossover table serves this machine: "avx512" where torch's CPU kernels use AVX-512,
+    else "avx2" (also for machines without AVX2: nothing was measured there). ``SPARSEKERN_CPU_PROFILE``
+    overrides the detection."""
+    forced = os.environ.get("SPARSEKERN_CPU_PROFILE")
+    if forced:
+        if forced not in CPU_PROFILES:
+            raise ValueError(f"SPARSEKERN_CPU_PROFILE: expected one of {CPU_PROFILES}, got {forced!r}")
+        return forced
+    return _detected_cpu_profile()
+
+
+# Smallest sparsity at which the compiled CPU kernels beat dense MKL in forward+backward, per profile and
+# layout, measured with `python -m benchmarks.run --suite crossover` (2 threads, float32, shapes
+# 2048x2048@256, 768x3072@2048, 4096x1024@128):
+#   avx2 (AMD EPYC Zen 3, benchmarks/results/crossover_cpu.md): CSR 0.80-0.94x dense at 0.65 and
+#     0.89-1.09x at 0.7 (the dense fallback runs at 0.85-0.98x); 16x16 BSR 0.82-1.17x at 0.65, 0.95-1.35x at 0.7.
+#   avx512 (Xeon with AVX-512 and AMX, crossover_cpu_xeon.md): the same 0.7 for both; CSR 0.82-0.85x dense
+#     at 0.6 and 1.08-1.13x at 0.7, 16x16 BSR 0.76-1.14x at 0.6 and 1.00-1.50x at 0.7.
+LINEAR_MIN_SPARSITY = {
+    "avx2": {"csr": 0.70, "bsr": 0.70},
+    "avx512": {"csr": 0.70, "bsr": 0.70},
+}
 
 # The same on CUDA, per layout kind: empty until measured on a GPU (`python -m benchmarks.gpu_linear`, run by
 # benchmarks/gpu_session.sh on a lent GPU). Until a kind has an entry, "auto" runs the dense fallback on CUDA
@@ -26,30 +62,57 @@ CPU_MIN_SPARSITY = {"csr": 0.70, "bsr": 0.70}
 CUDA_MIN_SPARSITY: dict[str, float] = {}
 
 
-def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int) -> float:
-    """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
-    SparseConv2d whose output map has ``out_pixels`` pixels per sample (> 1: never; dense always).
+def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
+    """The CPU crossover of a SparseLinear with layout ``layout_kind`` ("csr" or "bsr") on ``profile``
+    (default: this machine's, ``cpu_profile()``)."""
+    return LINEAR_MIN_SPARSITY[profile or cpu_profile()][layout_kind]
 
-    Measured with `python -m benchmarks.run --suite conv --shapes resnet18` and `--shapes vgg16,mobilenetv2`,
-    `--sparsities 0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99 --repeats 11` (benchmarks/results/conv_cpu_latest.md,
-    conv_cpu_vgg16_mobilenetv2_latest.md): batch 64, 2 threads, float32, AMD EPYC Zen 3. The sparse kernels'
-    advantage grows with the map (dense oneDNN is least efficient on few channels at large maps, the sparse
-    plane kernels most efficient there), so the threshold falls with it. Sparse at the threshold measured
-    1.0-1.5x dense (3x3 on >= 32x32: 1.15-1.5x at 0.6; >= 16x16: 1.4-1.5x at 0.7; smaller: 1.3-2.1x at 0.8;
-    1x1 on >= 8x8: 1.0-1.8x at 0.5, smaller: 0.9-1.3x at 0.8, where the dense fallback measured 0.89-0.9x;
-    stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise convs
-    never beat dense (0.4-1.0x). Below 0.5 nothing was measured, so nothing below 0.5 is called sparse.
-    """
-    kernel_taps = kernel_size[0] * kernel_size[1]
-    if groups > 1 and in_channels == groups:  # depthwise
-        return 0.5 if tuple(stride) == (1, 1) and out_pixels >= 64 else 1.01
-    if kernel_taps == 1:  # pointwise
-        return 0.5 if out_pixels >= 64 else 0.8
-    if out_pixels >= 1024:
-        return 0.6
-    if out_pixels >= 256:
-        return 0.7
-    return 0.8
+
+# Conv crossovers by kind of conv, as (smallest output map in pixels per sample, threshold) from the largest
+# maps down; a map smaller than every entry never runs sparse. Measured with `python -m benchmarks.run
+# --suite conv --shapes resnet18` and `--shapes vgg16,mobilenetv2`, `--sparsities 0.5,0.6,0.7,0.8,0.9,0.95,
+# 0.98,0.99 --repeats 11`, batch 64, 2 threads, float32. The sparse kernels' advantage grows with the map
+# (dense oneDNN is least efficient on few channels at large maps, the sparse plane kernels most efficient
+# there), so the threshold falls with it. Below 0.5 nothing was measured, so nothing below 0.5 is sparse.
+#   avx2 (AMD EPYC Zen 3; conv_cpu_latest.md, conv_cpu_vgg16_mobilenetv2_latest.md): sparse at the
+#     threshold measured 1.0-1.5x dense (3x3 on >= 32x32: 1.15-1.5x at 0.6; >= 16x16: 1.4-1.5x at 0.7;
+#     smaller: 1.3-2.1x at 0.8; 1x1 on >= 8x8: 1.0-1.8x at 0.5, smaller: 0.9-1.3x at 0.8, where the dense
+#     fallback measured 0.89-0.9x; stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise
+#     convs never beat dense (0.4-1.0x).
+#   avx512 (Xeon with AVX-512 and AMX, 2026-12-02; conv_cpu_xeon_resnet18.md, conv_cpu_xeon_vgg16_mobilenetv2.md):
+#     3x3 from 0.7 on >= 32x32 maps (1.01-1.12x there), 0.8 on >= 16x16 (1.04-1.15x), 0.9 below (at 0.8:
+#     0.75-0.89x on 8x8 and 4x4 maps); 1x1 and stride-1 depthwise from 0.5 on >= 16x16 maps, never below (the
+#     MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of dense).
+CONV_MIN_SPARSITY = {
+    "avx2": {
+        "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),   # kernels larger than 1x1
+        "pointwise": ((64, 0.5), (1, 0.8)),               # 1x1
+        "depthwise": ((64, 0.5),),                        # stride 1 only; strided: never
+    },
+    "avx512": {
+        "spatial": ((1024, 0.7), (256, 0.8), (1, 0.9)),
+        "pointwise": ((256, 0.5),),
+        "depthwise": ((256, 0.5),),
+    },
+}
+
+
+def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int,
+                      profile: str | None = None) -> float:
+    """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
+    SparseConv2d whose output map has ``out_pixels`` pixels per sample, on ``profile`` (default: this
+    machine's); > 1 means never (dense always)."""
+    table = CONV_MIN_SPARSITY[profile or cpu_profile()]
+    if groups > 1 and in_channels == groups:
+        if tuple(stride) != (1, 1):
+            return 1.01
+        steps = table["depthwise"]
+    else:
+        steps = table["pointwise" if kernel_size[0] * kernel_size[1] == 1 else "spatial"]
+    for min_pixels, threshold in steps:
+        if out_pixels >= min_pixels:
+            return threshold
+    return 1.01
 
 
 def check_backend(backend: str) -> str:
@@ -61,7 +124,7 @@ def check_backend(backend: str) -> str:
 def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str,
                     min_sparsity: float | None = None) -> str:
     """The backend ``"auto"`` stands for, given the layer's layout kind ("csr", "bsr" for SparseLinear,
-    "conv2d_csr" / "conv2d_bsr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover
+    "conv2d_csr" / "conv2d_bsr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover (``cpu_min_sparsity``)
     (SparseConv2d's depends on its shape: ``conv_min_sparsity``). On CUDA the crossover comes from
     ``CUDA_MIN_SPARSITY`` (empty until measured: dense)."""
     if backend != "auto":
@@ -69,7 +132,7 @@ def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type
     if not _extension.has_compiled_kernels(device_type, layout_kind):
         return "dense"
     if device_type == "cpu":
-        threshold = CPU_MIN_SPARSITY[layout_kind] if min_sparsity is None else min_sparsity
+        threshold = cpu_min_sparsity(layout_kind) if min_sparsity is None else min_sparsity
     else:
         threshold = CUDA_MIN_SPARSITY.get(layout_kind)
         if threshold is None:

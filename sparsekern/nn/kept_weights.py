@@ -2,7 +2,7 @@
 
 A subclass holds ``weight_values`` (Parameter, one entry per kept weight in the mask's row-major order),
 ``mask`` (bool buffer of the dense weight's shape), ``backend``, ``layout_kind`` (its key in
-backend.CPU_MIN_SPARSITY), ``dense_weight()`` and ``_layout_buffers(mask)``, which derives the layout's
+backend.LINEAR_MIN_SPARSITY), ``dense_weight()`` and ``_layout_buffers(mask)``, which derives the layout's
 index tensors from a mask (the buffers ``_layout_<name>`` for ``name`` in ``LAYOUT_BUFFERS``, and whatever
 else the subclass's kernels need) and raises on a mask the layer cannot take. This base adds the mask's
 life cycle (``set_mask``, checkpoints holding a different mask, dense checkpoints), the counts and the
