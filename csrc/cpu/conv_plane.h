@@ -168,7 +168,7 @@ void fill_input_planes(const T* x_n, const ConvGeometry& g, const PlaneGeometry&
           T* dst = row + j0;
           if (g.sw == 1) {
             std::memcpy(dst, src, sizeof(T) * (j1 - j0));
-          } else if (g.sw == 2) {  // the common strided case: a constant stride the compiler vectorises
+          } else if (g.sw == 2) {  // the common strided case: explicit shuffles (copy_every_other)
             copy_every_other(src, j1 - j0, dst);
           } else {
             for (int64_t j = 0; j < j1 - j0; ++j) dst[j] = src[j * g.sw];

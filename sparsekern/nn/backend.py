@@ -83,6 +83,8 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     3x3 from 0.7 on >= 32x32 maps (1.01-1.12x there), 0.8 on >= 16x16 (1.04-1.15x), 0.9 below (at 0.8:
 #     0.75-0.89x on 8x8 and 4x4 maps); 1x1 and stride-1 depthwise from 0.5 on >= 16x16 maps, never below (the
 #     MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of dense).
+NEVER = 1.01  # a threshold above any sparsity: the dense fallback always
+
 CONV_MIN_SPARSITY = {
     "avx2": {
         "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),   # kernels larger than 1x1
@@ -105,14 +107,14 @@ def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pi
     table = CONV_MIN_SPARSITY[profile or cpu_profile()]
     if groups > 1 and in_channels == groups:
         if tuple(stride) != (1, 1):
-            return 1.01
+            return NEVER
         steps = table["depthwise"]
     else:
         steps = table["pointwise" if kernel_size[0] * kernel_size[1] == 1 else "spatial"]
     for min_pixels, threshold in steps:
         if out_pixels >= min_pixels:
             return threshold
-    return 1.01
+    return NEVER
 
 
 def check_backend(backend: str) -> str:
@@ -124,8 +126,8 @@ def check_backend(backend: str) -> str:
 def resolve_backend(backend: str, layout_kind: str, sparsity: float, device_type: str,
                     min_sparsity: float | None = None) -> str:
     """The backend ``"auto"`` stands for, given the layer's layout kind ("csr", "bsr" for SparseLinear,
-    "conv2d_csr" / "conv2d_bsr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU table's crossover (``cpu_min_sparsity``)
-    (SparseConv2d's depends on its shape: ``conv_min_sparsity``). On CUDA the crossover comes from
+    "conv2d_csr" / "conv2d_bsr" for SparseConv2d), sparsity and device; ``min_sparsity`` overrides the CPU
+    table's crossover (``cpu_min_sparsity``; SparseConv2d's depends on its shape: ``conv_min_sparsity``). On CUDA the crossover comes from
     ``CUDA_MIN_SPARSITY`` (empty until measured: dense)."""
     if backend != "auto":
         return backend
