@@ -188,6 +188,7 @@ def environment(threads: int) -> dict:
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS", ""),
+        "allocator": allocator_setting(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
         "sparseprop_version": sparseprop_version(),
@@ -196,6 +197,12 @@ def environment(threads: int) -> dict:
     }
     info.update(sparsekern_info())
     return info
+
+
+def allocator_setting() -> str:
+    """How freed memory is handled in this process (sparsekern.allocator): page faults per step depend on it."""
+    from sparsekern import allocator
+    return allocator.current_setting().description
 
 
 def command_line(module: str = "benchmarks.run") -> str:
@@ -407,6 +414,7 @@ def machine_section(env: dict, extra: dict | None = None, module: str = "benchma
                 f"torch CPU capability {env['torch_cpu_capability']})"),
         ("Threads", f"{env['threads']} (torch.get_num_threads()={env['torch_threads']}, "
                     f"OMP_NUM_THREADS={env['omp_num_threads_env'] or 'unset'})"),
+        ("Allocator", env.get("allocator", "n/a")),
         ("Other load", f"CPUs {env['cpu_busy_start']:.0f}% busy in the second before the run, "
                        f"{env.get('cpu_busy_end', float('nan')):.0f}% in the second after; load average "
                        f"(1/5/15 min) {env['loadavg_start']} at start"),

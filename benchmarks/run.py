@@ -95,6 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes, few sparsities and repeats: a smoke test of the whole pipeline (< 30 s; "
                         "conv < 60 s)")
+    p.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="leave glibc's allocator at its defaults (freed blocks go back to the system, every step "
+                        "faults its pages in again); by default the runner keeps freed memory, as the training "
+                        "CLI does (sparsekern/allocator.py), so neither dense nor sparse pays page faults")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                    help="output directory for the CSV and markdown files (default benchmarks/results/)")
     args = p.parse_args(argv)
@@ -268,7 +272,7 @@ def case_rows(suite, shape, sparsity, cands, samples, lc, common):
 
 
 CSV_COLUMNS = [
-    "timestamp", "suite", "cpu_model", "cpu_isa", "threads", "torch_version", "sparsekern_version",
+    "timestamp", "suite", "cpu_model", "cpu_isa", "threads", "allocator", "torch_version", "sparsekern_version",
     "sparsekern_commit", "sparsekern_ext", "sparseprop_version", "cpu_busy_start",
     "shape", "in_features", "out_features", "batch", "sparsity", "candidate", "layout", "backend", "nnz",
     "density", "phase", "median_ms", "iqr_ms", "min_ms", "max_ms", "n", "dense_baseline", "dense_median_ms",
@@ -643,6 +647,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     set_thread_env(args.threads)
     t_start = time.perf_counter()
+    if not args.no_keep_freed_memory:
+        from sparsekern.allocator import keep_freed_memory
+        keep_freed_memory()
 
     import torch
     torch.set_num_threads(args.threads)
