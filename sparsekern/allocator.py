@@ -10,14 +10,13 @@ and the step ran 30 % faster without them (``benchmarks/results``, the ``Allocat
 :func:`keep_freed_memory` raises both thresholds, so freed blocks stay in the heap and the next step reuses
 pages that are already mapped. The price: the process keeps its peak memory until it exits, instead of
 returning freed memory to the system. The training CLI and the benchmark runner call it unless told not
-to (``--no-keep-freed-memory``; ``SPARSEKERN_KEEP_FREED_MEMORY=0``). Without glibc (macOS, musl, Windows)
-it does nothing and says so.
+to (``--no-keep-freed-memory``); a library user can call it at the top of a training script. Without
+glibc (macOS, musl, Windows) it does nothing and says so.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 from dataclasses import dataclass
 
@@ -31,8 +30,6 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 1 << 30
 _MMAP_THRESHOLD_FALLBACK = 32 << 20
 _TRIM_THRESHOLD = (1 << 31) - 1  # the largest int: never trim the heap top
-
-ENV_VAR = "SPARSEKERN_KEEP_FREED_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -54,19 +51,6 @@ def _glibc():
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") else None
-
-
-def env_allows() -> bool:
-    """False when ``SPARSEKERN_KEEP_FREED_MEMORY`` is set to 0/false/no/off; ValueError for other values."""
-    raw = os.environ.get(ENV_VAR)
-    if raw is None or raw.strip() == "":
-        return True
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_VAR}: expected 1/0 (or true/false, yes/no, on/off), got {raw!r}")
 
 
 def keep_freed_memory() -> AllocatorSetting:

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 import sparsekern
+from sparsekern.allocator import current_setting, keep_freed_memory
 from sparsekern.masks import random_mask
 from sparsekern.nn import BACKENDS, SparseLinear
 
@@ -311,6 +312,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "sparsity), sparse, or dense (masked dense GEMM fallback) (default auto)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars (they are also off when stderr is not a terminal)")
+    parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                        help="leave glibc's allocator at its defaults, as `sparsekern train` does with the same "
+                             "flag (sparsekern/allocator.py); by default freed memory is kept for reuse")
     args = parser.parse_args(argv)
     for name in ("epochs", "hidden", "image_size", "batch_size"):
         if getattr(args, name) < 1:
@@ -327,7 +331,7 @@ def print_environment(args: argparse.Namespace, data: Splits) -> None:
     """Versions, threads, whether compiled kernels are loaded, the data, and a warning on a busy machine."""
     kernels = "yes" if sparsekern.extension_available else "no (every sparse op runs the PyTorch reference)"
     print(f"sparsekern {sparsekern.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"compiled kernels: {kernels}")
+          f"compiled kernels: {kernels}; allocator: {current_setting().description}")
     print(f"digits: {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test, "
           f"{args.image_size}x{args.image_size} = {data.in_features} inputs")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
@@ -341,6 +345,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     started = time.perf_counter()
     data = load_splits(args.image_size)
     print_environment(args, data)

@@ -118,3 +118,8 @@ def test_yaml_reads_numbers_as_yaml_1_2(tmp_path):
 def test_more_bad_settings(settings, error, message):
     with pytest.raises(error, match=message):
         TrainConfig.from_dict(settings)
+
+
+def test_keep_freed_memory_is_on_unless_switched_off():
+    assert parse().keep_freed_memory is True
+    assert parse("--no-keep-freed-memory").keep_freed_memory is False

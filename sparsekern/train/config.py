@@ -94,6 +94,10 @@ class TrainConfig:
     backend: str = _opt("auto", "sparse layer backend (auto: sparse kernels above the measured crossover)",
                         "run", BACKENDS)
     threads: int | None = _opt(None, "CPU threads (default: torch's)", "run", metavar="N")
+    keep_freed_memory: bool = _opt(True, "keep freed memory in the process instead of returning it to the system "
+                                         "(glibc only): steps stop faulting their tensors' pages in again, "
+                                         "up to a third of a CPU conv step; the process keeps its peak memory",
+                                   "run")
     out: str | None = _opt(None, "run folder (default runs/<model>-<dataset>-<mask>-<sparsity>-<recipe>-s<seed>)",
                            "run", metavar="DIR")
     resume: bool = _opt(False, "continue from the run folder's last checkpoint", "run")

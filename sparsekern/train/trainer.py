@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..allocator import keep_freed_memory
 from ..atomic_file import atomic_write
 from ..nn import SparseConv2d, SparseLinear
 from ..nn.sparsify import sparsify
@@ -49,6 +50,8 @@ class _Run:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.keep_freed_memory:
+            keep_freed_memory()  # before the first step allocates anything big (sparsekern/allocator.py)
         device_type = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) \
             else "cpu"
         self.dist = Distributed.from_env(device_type)
