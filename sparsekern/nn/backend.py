@@ -79,10 +79,14 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     smaller: 1.3-2.1x at 0.8; 1x1 on >= 8x8: 1.0-1.8x at 0.5, smaller: 0.9-1.3x at 0.8, where the dense
 #     fallback measured 0.89-0.9x; stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise
 #     convs never beat dense (0.4-1.0x).
-#   avx512 (Xeon with AVX-512 and AMX, 2026-12-02; conv_cpu_xeon_resnet18.md, conv_cpu_xeon_vgg16_mobilenetv2.md):
-#     3x3 from 0.7 on >= 32x32 maps (1.01-1.12x there), 0.8 on >= 16x16 (1.04-1.15x), 0.9 below (at 0.8:
-#     0.75-0.89x on 8x8 and 4x4 maps); 1x1 and stride-1 depthwise from 0.5 on >= 16x16 maps, never below (the
-#     MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of dense).
+#   avx512 (Xeon with AVX-512 and AMX, 2026-12-02; derived from conv_cpu_xeon_*_freed_returned.md, checked
+#     again with freed memory kept, against the faster dense of conv_cpu_xeon_resnet18.md and
+#     conv_cpu_xeon_vgg16_mobilenetv2.md): 3x3 from 0.7 on >= 32x32 maps (0.97-1.00x there with the faster
+#     dense, 2.1x on 3 input channels), 0.8 on >= 16x16 (1.00-1.29x), 0.9 below (1.45-1.72x; at 0.8:
+#     0.72-0.85x on 8x8 to 2x2 maps); 1x1 and stride-1 depthwise from 0.5 on >= 16x16 maps (1.10-1.63x),
+#     never below (the MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of
+#     dense; the strided 128->256 1x1 on 8x8 outputs did, 1.04-2.12x, left to the fallback for want of a rule
+#     that tells the two apart).
 NEVER = 1.01  # a threshold above any sparsity: the dense fallback always
 
 CONV_MIN_SPARSITY = {
