@@ -33,7 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even k
 # The compiled conv kernels come in two algorithms (csrc/cpu/conv_plane.h): vectorised over the batch or over
 # each sample's output plane, chosen by shape. Every test here runs under each one, forced through
 # SPARSEKERN_CONV_ALGORITHM, so the small shapes of this file also cover the kernels that serve large maps.
-# Without the extension (the reference ops) there is nothing to force.
+# Without the extension (the reference ops) there is nothing to force. The third family, the depthwise
+# kernels (automatic for stride-1 depthwise convs that keep the map size), is tested in test_conv_depthwise.py.
 CONV_ALGORITHMS = ["batch", "plane"] if _extension.AVAILABLE else ["reference"]
 
 
@@ -494,6 +495,30 @@ def test_conv_ops_match_dense():
     torch.testing.assert_close(_ops.csr_conv2d(x, values, *layout, bias, *geometry), y.detach())
     torch.testing.assert_close(_ops.csr_conv2d_input_grad(grad, values, *layout, [5, 7], *geometry), xr.grad)
     torch.testing.assert_close(_ops.csr_conv2d_weight_grad(grad, x, *layout, *geometry), kept)
+
+
+def test_conv_cpu_autograd_is_the_compiled_one():
+    """With the extension, CPU convs differentiate through the C++ autograd (csrc/cpu/conv2d_autograd.cpp), not
+    the Python formula (which serves other devices and SPARSEKERN_NO_EXT; both pass the tests here)."""
+    x, values, layout, bias, geometry, _ = _op_case(F64, True)
+    y = _ops.csr_conv2d(x, values, *layout, bias, *geometry)
+    assert ("CppNode" in y.grad_fn.name()) == _extension.has_compiled_kernels("cpu"), y.grad_fn.name()
+
+
+@pytest.mark.parametrize("needs", ["x", "values", "bias", "x+values"])
+def test_conv_partial_gradients(needs):
+    """Only the inputs that require grad get one, and each equals the all-inputs gradient."""
+    x, values, layout, bias, geometry, grad = _op_case(F64, False)
+    full = [t.detach().clone().requires_grad_() for t in (x, values, bias)]
+    _ops.csr_conv2d(full[0], full[1], *layout, full[2], *geometry).backward(grad)
+    part = [t.detach().clone().requires_grad_(name in needs) for t, name in zip((x, values, bias),
+                                                                                 ("x", "values", "bias"))]
+    _ops.csr_conv2d(part[0], part[1], *layout, part[2], *geometry).backward(grad)
+    for f, p, name in zip(full, part, ("x", "values", "bias")):
+        if name in needs:
+            torch.testing.assert_close(p.grad, f.grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert p.grad is None
 
 
 # -------------------------------------------------------------------------------------------- training

@@ -124,7 +124,16 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
       if (b.defined() && g.n > 0) y.add_(b.view({1, -1, 1, 1}));
       return;
     }
-    if (conv_algorithm<scalar_t>(g) == ConvAlgorithm::kPlane) {
+    const ConvAlgorithm algorithm = conv_algorithm<scalar_t>(g);
+    if (algorithm == ConvAlgorithm::kDepthwise) {
+      const at::Tensor xc = x.contiguous();
+      y = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options());
+      depthwise_conv2d_forward<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
+                                         col_indices.data_ptr<int32_t>(), g, xc.data_ptr<scalar_t>(),
+                                         b.defined() ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+      return;
+    }
+    if (algorithm == ConvAlgorithm::kPlane) {
       const at::Tensor xc = x.contiguous();
       y = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options());
       plane_conv2d_forward<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),

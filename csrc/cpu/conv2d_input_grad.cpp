@@ -135,7 +135,16 @@ at::Tensor csr_conv2d_input_grad_cpu(const at::Tensor& grad, const at::Tensor& v
       dx = at::zeros({g.n, g.c_in, g.h, g.w}, grad.options());
       return;
     }
-    if (conv_algorithm<scalar_t>(g) == ConvAlgorithm::kPlane) {
+    const ConvAlgorithm algorithm = conv_algorithm<scalar_t>(g);
+    if (algorithm == ConvAlgorithm::kDepthwise) {  // one input channel per output channel: the forward layout
+      const at::Tensor dy = grad.contiguous(), v = values.contiguous();
+      dx = at::empty({g.n, g.c_in, g.h, g.w}, grad.options());
+      depthwise_conv2d_input_grad<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
+                                            col_indices.data_ptr<int32_t>(), g, dy.data_ptr<scalar_t>(),
+                                            dx.data_ptr<scalar_t>());
+      return;
+    }
+    if (algorithm == ConvAlgorithm::kPlane) {
       const at::Tensor dy = grad.contiguous(), v = values.contiguous();
       dx = at::empty({g.n, g.c_in, g.h, g.w}, grad.options());
       plane_conv2d_input_grad<scalar_t>(v.data_ptr<scalar_t>(), t_row_offsets.data_ptr<int32_t>(),

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <vector>
 
+#include "conv_depthwise.h"
 #include "conv_geometry.h"
 #include "scratch.h"
 #include "simd.h"
@@ -107,19 +108,22 @@ PlaneGeometry plane_geometry(const ConvGeometry& g) {
   return p;
 }
 
-// Which algorithm serves a call. SPARSEKERN_CONV_ALGORITHM=batch|plane forces one (tests, benchmarks).
-// Otherwise the plane kernels take maps of at least 8x8 output pixels, and smaller ones where at most a fifth
+// Which algorithm serves a call. SPARSEKERN_CONV_ALGORITHM=batch|plane|depthwise forces one (tests,
+// benchmarks; "depthwise" where conv_depthwise.h serves the geometry, the automatic choice elsewhere).
+// Otherwise the depthwise kernels take every depthwise geometry they serve, the plane kernels take maps of at
+// least 8x8 output pixels, and smaller ones where at most a fifth
 // of the computed positions are discarded (a 1x1 convolution without padding: none). The batch kernels take
 // the rest, e.g. a padded 3x3 on a 4x4 map, where the plane computes 24 positions for 16 pixels. Measured
 // on the CIFAR ResNet-18 / VGG16 / MobileNetV2 layers with the sk_csr_batch / sk_csr_plane candidates of
 // `python -m benchmarks.run --suite conv` (README: "How the kernels work").
-enum class ConvAlgorithm { kBatch, kPlane };
+enum class ConvAlgorithm { kBatch, kPlane, kDepthwise };
 
 template <typename T>
 ConvAlgorithm conv_algorithm(const ConvGeometry& g) {
   const char* forced = std::getenv("SPARSEKERN_CONV_ALGORITHM");
   if (forced != nullptr && std::strcmp(forced, "batch") == 0) return ConvAlgorithm::kBatch;
   if (forced != nullptr && std::strcmp(forced, "plane") == 0) return ConvAlgorithm::kPlane;
+  if (depthwise_eligible(g)) return ConvAlgorithm::kDepthwise;
   const int64_t pixels = g.oh * g.ow;
   if (pixels >= 64) return ConvAlgorithm::kPlane;
   const int64_t pitch = (g.w + 2 * g.pw + g.sw - 1) / g.sw;

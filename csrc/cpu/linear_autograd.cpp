@@ -20,6 +20,8 @@
 #include <optional>
 #include <tuple>
 
+#include "registry_ops.h"
+
 namespace sparsekern {
 namespace {
 
@@ -27,20 +29,14 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Layout = std::array<at::Tensor, 6>;  // row_offsets, col_indices, t_row_offsets, t_col_indices, t_perm, t_perm_inv
 
-// The registry's ops (defined by sparsekern/_ops.py), looked up once on first use.
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 at::Tensor transpose(const at::Tensor& x) {
-  static const auto handle = op<at::Tensor(const at::Tensor&)>("sparsekern::transpose");
+  static const auto handle = registry_op<at::Tensor(const at::Tensor&)>("sparsekern::transpose");
   return handle.call(x);
 }
 
 at::Tensor permute(const at::Tensor& values, const at::Tensor& perm, const at::Tensor& perm_inv, bool blocks) {
   static const auto handle =
-      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>("sparsekern::permute");
+      registry_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>("sparsekern::permute");
   return handle.call(values, perm, perm_inv, blocks);
 }
 
@@ -51,16 +47,16 @@ at::Tensor spmm_bt(bool block, const at::Tensor& values, const Layout& l, const 
   using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&);
-  static const auto csr = op<Sig>("sparsekern::csr_spmm_bt");
-  static const auto bsr = op<Sig>("sparsekern::bsr_spmm_bt");
+  static const auto csr = registry_op<Sig>("sparsekern::csr_spmm_bt");
+  static const auto bsr = registry_op<Sig>("sparsekern::bsr_spmm_bt");
   return (block ? bsr : csr).call(values, l[0], l[1], l[2], l[3], l[4], l[5], dense, std::nullopt);
 }
 
 at::Tensor sddmm(bool block, const at::Tensor& a, const at::Tensor& b, const Layout& l) {
   using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
-  static const auto csr = op<Sig>("sparsekern::csr_sddmm");
-  static const auto bsr = op<Sig>("sparsekern::bsr_sddmm");
+  static const auto csr = registry_op<Sig>("sparsekern::csr_sddmm");
+  static const auto bsr = registry_op<Sig>("sparsekern::bsr_sddmm");
   return (block ? bsr : csr).call(a, b, l[0], l[1], l[2], l[3], l[4], l[5]);
 }
 
@@ -69,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_sddmm_bt(const at::Tensor& values, const
   using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&);
-  static const auto handle = op<Sig>("sparsekern::csr_spmm_sddmm_bt");
+  static const auto handle = registry_op<Sig>("sparsekern::csr_spmm_sddmm_bt");
   return handle.call(values, l[0], l[1], l[2], l[3], l[4], l[5], dense, other);
 }
 
@@ -84,7 +80,7 @@ struct LinearFunction : public torch::autograd::Function<LinearFunction<kBlock>>
                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    const at::Tensor&, const at::Tensor&,
                                                    const std::optional<at::Tensor>&);
-    static const auto linear = op<Sig>(kBlock ? "sparsekern::bsr_linear" : "sparsekern::csr_linear");
+    static const auto linear = registry_op<Sig>(kBlock ? "sparsekern::bsr_linear" : "sparsekern::csr_linear");
     at::Tensor y, xt;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // the CPU kernel, not this function again

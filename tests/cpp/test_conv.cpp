@@ -1,9 +1,10 @@
 // The sparse Conv2d kernels (csrc/cpu/conv2d_*.cpp) against ATen's dense convolution in double, over
 // strides, paddings, dilations, groups (depthwise included), batch sizes around the vector widths, the
-// sweep's masks (dense, 50%, 90%, empty, holes), 1/2/3 threads and both algorithms (vectorised over the
-// batch or over the output plane, forced with SPARSEKERN_CONV_ALGORITHM). In the sanitizer build this checks
-// every access of the padded batch-innermost layout, of the tap bounds in the input gradient, and of the
-// plane kernels' stride phases and frames.
+// sweep's masks (dense, 50%, 90%, empty, holes), 1/2/3 threads and every algorithm (vectorised over the
+// batch or over the output plane, forced with SPARSEKERN_CONV_ALGORITHM, and the depthwise kernels, the
+// automatic choice where they apply). In the sanitizer build this checks every access of the padded
+// batch-innermost layout, of the tap bounds in the input gradient, of the plane kernels' stride phases and
+// frames, and of the depthwise kernels' reads past each plane (in the tensor, or in the framed scratch).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -28,6 +29,8 @@ const std::vector<ConvCase>& conv_cases() {
       {3, 8, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1},    // pointwise
       {4, 4, 4, 6, 3, 3, 3, 2, 3, 1, 1, 1, 1},    // padding as large as the kernel, stride 3
       {3, 5, 17, 19, 5, 4, 2, 3, 2, 1, 2, 1, 1},  // larger map, six stride phases, dilated rows
+      {5, 5, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 5},    // depthwise, output the input's size: the depthwise kernels
+      {3, 3, 3, 2, 5, 3, 1, 1, 4, 2, 2, 2, 3},    // depthwise, dilated 5x3 reaching past the whole 3x2 plane
   };
   return cases;
 }
@@ -72,9 +75,9 @@ SKT_TEST(conv_matches_dense_convolution) {
           const at::Tensor grad = skt::random_data(y.sizes().vec(), dtype, rng, false).tensor;
           y.backward(grad.to(at::kDouble));
           const at::Tensor ref_dw = wd.grad().reshape({cc.c_out, cols}).masked_select(keep);
-          for (const char* algorithm : {"batch", "plane"})
+          for (const char* algorithm : {"batch", "plane", "depthwise"})
           for (int threads : skt::thread_counts()) {
-            setenv("SPARSEKERN_CONV_ALGORITHM", algorithm, 1);  // csrc/cpu/conv_plane.h: both kernel families
+            setenv("SPARSEKERN_CONV_ALGORITHM", algorithm, 1);  // csrc/cpu/conv_plane.h: every kernel family
             at::set_num_threads(threads);
             skt::count_case();
             skt::Context algorithm_ctx(c10::str("algorithm=", algorithm, " threads=", threads));
