@@ -28,8 +28,9 @@ DENSE = "dense"
 DENSE_COMPILED = "dense_compiled"
 SK_CSR = "sk_csr"
 SK_CSR_AUTO = "sk_csr_auto"
-# The same sparse layer with one of its two CPU algorithms forced (csrc/cpu/conv_plane.h): to measure the
-# shape rule that picks between them. Not in the default set.
+# The same sparse layer with the batch or the plane CPU algorithm forced (csrc/cpu/conv_plane.h; the third,
+# the depthwise kernels, is what sk_csr runs on the depthwise shapes it serves): to measure the shape rule
+# that picks between them. Not in the default set.
 SK_CSR_BATCH = "sk_csr_batch"
 SK_CSR_PLANE = "sk_csr_plane"
 FORCED_ALGORITHMS = {SK_CSR_BATCH: "batch", SK_CSR_PLANE: "plane"}

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparsekern import CSRLayout, SparseLinear, _ops
+from sparsekern import CSRLayout, SparseConv2d, SparseLinear, _extension, _ops
+from sparsekern.nn import dense_fallback
 from sparsekern.masks import random_mask
 
 # Row lengths around the 8- and 16-wide SIMD steps (AVX2 / AVX-512) and their scalar tails.
@@ -88,7 +89,46 @@ def _fallback_layer(sparsity=0.5):
     return SparseLinear(12, 10, mask=random_mask((10, 12), sparsity), backend="dense", dtype=torch.float64)
 
 
-def test_dense_fallback_sees_writes_through_data():
+@pytest.fixture(params=["cached", "functional"])
+def fallback_path(request, monkeypatch):
+    """Both dense fallbacks: the persistent-buffer autograd.Functions (layers above
+    FUNCTIONAL_FALLBACK_MAX_WEIGHTS; forced here with a limit of 0) and the functional one of small CPU layers."""
+    if request.param == "cached":
+        monkeypatch.setattr(dense_fallback, "FUNCTIONAL_FALLBACK_MAX_WEIGHTS", 0)
+    return request.param
+
+
+def test_small_cpu_layers_take_the_functional_fallback(fallback_path):
+    layer = _fallback_layer()
+    node = layer(torch.randn(3, 12, dtype=torch.float64)).grad_fn
+    while node.name() == "ViewBackward0":  # the reshape back to the input's leading dimensions
+        node = node.next_functions[0][0]
+    functional = fallback_path == "functional" and _extension.AVAILABLE
+    assert ("DenseMaskedLinear" not in node.name()) == functional, node.name()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_fallback_paths_agree(layout, monkeypatch):
+    """The cached and the functional conv fallback: same output and gradients, NCHW and channels_last."""
+    mask = random_mask((6, 2, 3, 3), 0.5)
+    layer = SparseConv2d(4, 6, 3, padding=1, groups=2, mask=mask, backend="dense", dtype=torch.float64)
+    x = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    results = []
+    for limit in (0, 1 << 30):
+        monkeypatch.setattr(dense_fallback, "FUNCTIONAL_FALLBACK_MAX_WEIGHTS", limit)
+        layer.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_()
+        y = layer(xr)
+        y.backward(grad)
+        results.append((y.detach(), xr.grad, layer.weight_values.grad, layer.bias.grad))
+    for cached, functional in zip(*results):
+        torch.testing.assert_close(cached, functional, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_fallback_sees_writes_through_data(fallback_path):
     """Weights changed through .data (no version bump) must be used by the next forward, not a stale copy."""
     layer = _fallback_layer()
     x = torch.randn(3, 12, dtype=torch.float64)
@@ -98,7 +138,7 @@ def test_dense_fallback_sees_writes_through_data():
     assert torch.allclose(layer(x).detach(), expected, rtol=0, atol=1e-12)
 
 
-def test_dense_fallback_layer_used_twice_in_one_forward():
+def test_dense_fallback_layer_used_twice_in_one_forward(fallback_path):
     """Weight sharing: the second call must not overwrite the buffer the first call's backward needs."""
     layer = _fallback_layer()
     twin = nn.Linear(12, 10, dtype=torch.float64)
@@ -112,7 +152,7 @@ def test_dense_fallback_layer_used_twice_in_one_forward():
     assert torch.allclose(layer.bias.grad, twin.bias.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_dense_fallback_backward_uses_the_weights_of_its_forward():
+def test_dense_fallback_backward_uses_the_weights_of_its_forward(fallback_path):
     """A graph kept across a weight update: the first backward must use the weights its forward saw, even
     though a second forward (after the update) refilled the layer's dense weight in between."""
     layer = _fallback_layer()

@@ -30,7 +30,7 @@ from .. import _extension, _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend, conv_min_sparsity, resolve_backend
-from .dense_fallback import DenseMaskedConv2d
+from .dense_fallback import DenseMaskedConv2d, prefers_functional_fallback
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
@@ -205,8 +205,10 @@ class SparseConv2d(KeptWeightsModule):
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The named dense fallback (dense_fallback.py): the kept values expanded into a reused dense weight,
         F.conv2d, and ATen's convolution backward whose weight gradient is gathered back at the kept positions.
-        Under torch.compile (and with every weight kept) the functional csr_to_dense + F.conv2d instead."""
-        if self.nnz == self.mask.numel() or torch.compiler.is_compiling():
+        Under torch.compile, with every weight kept, and for small weights on CPU (prefers_functional_fallback)
+        the functional csr_to_dense + F.conv2d instead."""
+        if (self.nnz == self.mask.numel() or torch.compiler.is_compiling()
+                or prefers_functional_fallback(self.mask.numel(), x.device.type)):
             return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self._op_padding, self.dilation,
                             self.groups)
         mask2d = self.mask.view(self.out_channels, -1)

@@ -22,7 +22,7 @@ from .. import _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import LAYER_DTYPES, check_mask
 from .backend import check_backend
-from .dense_fallback import DenseMaskedLinear
+from .dense_fallback import DenseMaskedLinear, prefers_functional_fallback
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
 
@@ -136,8 +136,9 @@ class SparseLinear(KeptWeightsModule):
         return y2d.reshape(*leading, self.out_features)
 
     def _dense_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        """The named dense fallback (dense_fallback.py); functional under torch.compile."""
-        if self.nnz == self.mask.numel() or torch.compiler.is_compiling():
+        """The named dense fallback (dense_fallback.py); functional under torch.compile and for small weights."""
+        if (self.nnz == self.mask.numel() or torch.compiler.is_compiling()
+                or prefers_functional_fallback(self.mask.numel(), x2d.device.type)):
             return F.linear(x2d, self.dense_weight(), self.bias)
         index = self._element_index()
         weight = self._dense_cache.weight(self.weight_values, index[0], self.mask)
