@@ -821,9 +821,19 @@ def test_auto_crossover_follows_the_input_size():
     assert layer.resolved_backend() == ("sparse" if compiled else "dense")
     same = make_layer(5, 8, (4, 3), 0.5, "auto", padding="same")
     assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), (1, 1), 1, 5, 31 * 32)
-    depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8)
-    assert depthwise.resolved_backend(input_size=(4, 4)) == "dense"  # sparse depthwise pays on larger maps only
-    assert depthwise.resolved_backend(input_size=(16, 16)) == ("sparse" if compiled else "dense")
+    # A depthwise conv that keeps the map size runs on the depthwise kernels, with their own table entry; one
+    # that shrinks the map (no padding) on the plane / batch kernels.
+    for padding, own_kernels in ((1, True), (0, False)):
+        depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=padding, groups=8)
+        for size in (4, 16):
+            out = size - 2 + 2 * padding
+            threshold = conv_min_sparsity((3, 3), (1, 1), 8, 8, out * out, out_channels=8,
+                                          in_pixels=size * size)
+            expected = "sparse" if compiled and depthwise.sparsity >= threshold else "dense"
+            assert depthwise.resolved_backend(input_size=(size, size)) == expected, (padding, size)
+            assert threshold == conv_min_sparsity((3, 3), (1, 1), 8, 8, out * out) or own_kernels
+    assert make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8).resolved_backend(input_size=(16, 16)) == (
+        "sparse" if compiled else "dense")
     strided = make_layer(8, 8, 3, 0.95, "auto", stride=2, padding=1, groups=8)
     assert strided.resolved_backend(input_size=(32, 32)) == "dense"  # strided depthwise: never
 
@@ -1019,10 +1029,13 @@ def test_sparsified_resnet18_matches_masked_dense():
 @pytest.mark.parametrize("profile", CPU_PROFILES)
 def test_conv_crossover_tables(profile):
     """Each profile's table: thresholds in [0.5, 1) where sparse can win, never rising as the output map
-    grows, "never" (> 1) for strided depthwise convs and for depthwise ones on maps below 8x8."""
-    for kind in ((3, 3), (1, 1), "depthwise"):
-        kernel, groups = ((3, 3), 8) if kind == "depthwise" else (kind, 1)
-        thresholds = [conv_min_sparsity(kernel, (1, 1), groups, 8, px, profile) for px in (1, 16, 64, 256, 1024, 4096)]
+    grows, "never" (> 1) for strided depthwise convs and for depthwise ones on maps below 8x8 that the
+    depthwise kernels do not serve."""
+    for kind in ((3, 3), (1, 1), "depthwise", "depthwise_kernels"):
+        kernel, groups = ((3, 3), 8) if kind in ("depthwise", "depthwise_kernels") else (kind, 1)
+        own = dict(out_channels=8) if kind == "depthwise_kernels" else {}
+        thresholds = [conv_min_sparsity(kernel, (1, 1), groups, 8, px, profile, in_pixels=px, **own)
+                      for px in (1, 16, 64, 256, 1024, 4096)]
         assert thresholds == sorted(thresholds, reverse=True), (kind, thresholds)
         assert all(0.5 <= t < 1 or t > 1 for t in thresholds) and thresholds[-1] < 1, (kind, thresholds)
     assert conv_min_sparsity((3, 3), (2, 2), 8, 8, 4096, profile) > 1

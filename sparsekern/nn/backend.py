@@ -87,6 +87,11 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     never below (the MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of
 #     dense; the strided 128->256 1x1 on 8x8 outputs did, 1.04-2.12x, left to the fallback for want of a rule
 #     that tells the two apart).
+#   avx512, 2026-12-03, after the depthwise kernels (csrc/cpu/conv_depthwise.h) and the C++ conv autograd
+#     (`--shapes mobilenetv2 --sparsities 0.0,0.5,...,0.9 --candidates dense,sk_csr --repeats 9`): depthwise
+#     convs those kernels serve 1.10-2.23x dense at 0.5 on 16x16 to 4x4 maps (1.08-1.41x at 0 on 8x8 and
+#     16x16); 1x1 on 8x8 maps 0.98-1.26x at 0.9 (0.91-1.17x at 0.8), on 4x4 still 0.85x at 0.9; strided
+#     depthwise still 0.59-0.96x.
 NEVER = 1.01  # a threshold above any sparsity: the dense fallback always
 
 CONV_MIN_SPARSITY = {
@@ -94,25 +99,31 @@ CONV_MIN_SPARSITY = {
         "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),   # kernels larger than 1x1
         "pointwise": ((64, 0.5), (1, 0.8)),               # 1x1
         "depthwise": ((64, 0.5),),                        # stride 1 only; strided: never
+        "depthwise_kernels": ((64, 0.5),),                # measured with the plane kernels before these existed
     },
     "avx512": {
         "spatial": ((1024, 0.7), (256, 0.8), (1, 0.9)),
-        "pointwise": ((256, 0.5),),
+        "pointwise": ((256, 0.5), (64, 0.9)),
         "depthwise": ((256, 0.5),),
+        "depthwise_kernels": ((1, 0.5),),
     },
 }
 
 
 def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int,
-                      profile: str | None = None) -> float:
+                      profile: str | None = None, *, out_channels: int | None = None,
+                      in_pixels: int | None = None) -> float:
     """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
     SparseConv2d whose output map has ``out_pixels`` pixels per sample, on ``profile`` (default: this
-    machine's); > 1 means never (dense always)."""
+    machine's); > 1 means never (dense always). A depthwise conv whose ``out_channels`` equal its input
+    channels and whose output keeps the (padded) input's ``in_pixels`` runs on the depthwise kernels
+    (csrc/cpu/conv_depthwise.h), which have their own crossover."""
     table = CONV_MIN_SPARSITY[profile or cpu_profile()]
     if groups > 1 and in_channels == groups:
         if tuple(stride) != (1, 1):
             return NEVER
-        steps = table["depthwise"]
+        own_kernels = out_channels == in_channels and in_pixels == out_pixels
+        steps = table["depthwise_kernels" if own_kernels else "depthwise"]
     else:
         steps = table["pointwise" if kernel_size[0] * kernel_size[1] == 1 else "spatial"]
     for min_pixels, threshold in steps:

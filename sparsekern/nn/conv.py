@@ -151,13 +151,14 @@ class SparseConv2d(KeptWeightsModule):
         most conservative threshold)."""
         size = input_size if input_size is not None else self._last_input_size
         if size is None:
-            pixels = 16
+            pixels = in_pixels = 16
         else:
             extra = (0, 0) if self._input_pad is None else (self._input_pad[3], self._input_pad[1])
-            oh, ow = _ops.conv_output_size([s + e for s, e in zip(size, extra)], self.kernel_size, self.stride,
-                                           self._op_padding, self.dilation)
-            pixels = oh * ow
-        return conv_min_sparsity(self.kernel_size, self.stride, self.groups, self.in_channels, pixels)
+            padded = [s + e for s, e in zip(size, extra)]  # what the op sees
+            oh, ow = _ops.conv_output_size(padded, self.kernel_size, self.stride, self._op_padding, self.dilation)
+            pixels, in_pixels = oh * ow, padded[0] * padded[1]
+        return conv_min_sparsity(self.kernel_size, self.stride, self.groups, self.in_channels, pixels,
+                                 out_channels=self.out_channels, in_pixels=in_pixels)
 
     def resolved_backend(self, device_type: str | None = None, input_size=None) -> str:
         """What ``backend`` means for this layer on ``device_type`` (default: where the weights are) and inputs
