@@ -22,7 +22,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import _eps, assert_error_budget, exact_mm, max_err, train_beside_twin
 from sparsekern import SparseConv2d, _extension, _ops, sparsify
 from sparsekern.layout import CSRLayout
-from sparsekern.nn.backend import CPU_PROFILES, conv_min_sparsity
+from sparsekern.nn.backend import CPU_PROFILES, conv_min_sparsity, depthwise_kernels_serve
 
 F32, F64 = torch.float32, torch.float64
 BACKENDS = ["sparse", "dense"]
@@ -823,19 +823,19 @@ def test_auto_crossover_follows_the_input_size():
     assert same.min_sparsity((31, 32)) == conv_min_sparsity((4, 3), (1, 1), 1, 5, 31 * 32)
     # A depthwise conv that keeps the map size runs on the depthwise kernels, with their own table entry; one
     # that shrinks the map (no padding) on the plane / batch kernels.
-    for padding, own_kernels in ((1, True), (0, False)):
-        depthwise = make_layer(8, 8, 3, 0.95, "auto", padding=padding, groups=8)
+    for stride, padding, own_kernels in ((1, 1, True), (1, 0, False), (2, 1, True), (2, 0, False)):
+        depthwise = make_layer(8, 8, 3, 0.95, "auto", stride=stride, padding=padding, groups=8)
         for size in (4, 16):
-            out = size - 2 + 2 * padding
-            threshold = conv_min_sparsity((3, 3), (1, 1), 8, 8, out * out, out_channels=8,
-                                          in_pixels=size * size)
+            out = (size + 2 * padding - 3) // stride + 1
+            assert depthwise_kernels_serve(8, 8, 8, (size, size), (out, out), (3, 3), (stride, stride),
+                                           (padding, padding), (1, 1)) == own_kernels
+            threshold = conv_min_sparsity((3, 3), (stride, stride), 8, 8, out * out, depthwise_kernels=own_kernels)
             expected = "sparse" if compiled and depthwise.sparsity >= threshold else "dense"
-            assert depthwise.resolved_backend(input_size=(size, size)) == expected, (padding, size)
-            assert threshold == conv_min_sparsity((3, 3), (1, 1), 8, 8, out * out) or own_kernels
+            assert depthwise.resolved_backend(input_size=(size, size)) == expected, (stride, padding, size)
     assert make_layer(8, 8, 3, 0.95, "auto", padding=1, groups=8).resolved_backend(input_size=(16, 16)) == (
         "sparse" if compiled else "dense")
-    strided = make_layer(8, 8, 3, 0.95, "auto", stride=2, padding=1, groups=8)
-    assert strided.resolved_backend(input_size=(32, 32)) == "dense"  # strided depthwise: never
+    strided = make_layer(8, 8, 3, 0.95, "auto", stride=2, padding=0, groups=8)
+    assert strided.resolved_backend(input_size=(32, 32)) == "dense"  # strided, not the depthwise kernels': never
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -1031,12 +1031,14 @@ def test_conv_crossover_tables(profile):
     """Each profile's table: thresholds in [0.5, 1) where sparse can win, never rising as the output map
     grows, "never" (> 1) for strided depthwise convs and for depthwise ones on maps below 8x8 that the
     depthwise kernels do not serve."""
-    for kind in ((3, 3), (1, 1), "depthwise", "depthwise_kernels"):
-        kernel, groups = ((3, 3), 8) if kind in ("depthwise", "depthwise_kernels") else (kind, 1)
-        own = dict(out_channels=8) if kind == "depthwise_kernels" else {}
-        thresholds = [conv_min_sparsity(kernel, (1, 1), groups, 8, px, profile, in_pixels=px, **own)
+    kinds = [((3, 3), 1, (1, 1), False), ((1, 1), 1, (1, 1), False), ((1, 1), 1, (2, 2), False),
+             ((3, 3), 8, (1, 1), False), ((3, 3), 8, (1, 1), True), ((3, 3), 8, (2, 2), True)]
+    for kernel, groups, stride, own_kernels in kinds:
+        thresholds = [conv_min_sparsity(kernel, stride, groups, 8, px, profile, depthwise_kernels=own_kernels)
                       for px in (1, 16, 64, 256, 1024, 4096)]
+        kind = (kernel, groups, stride, own_kernels)
         assert thresholds == sorted(thresholds, reverse=True), (kind, thresholds)
-        assert all(0.5 <= t < 1 or t > 1 for t in thresholds) and thresholds[-1] < 1, (kind, thresholds)
+        assert all(0.5 <= t < 1 or t > 1 for t in thresholds), (kind, thresholds)
+        assert thresholds[-1] < 1 or (stride != (1, 1) and profile == "avx2"), (kind, thresholds)
     assert conv_min_sparsity((3, 3), (2, 2), 8, 8, 4096, profile) > 1
     assert conv_min_sparsity((3, 3), (1, 1), 8, 8, 16, profile) > 1

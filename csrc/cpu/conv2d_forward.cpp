@@ -125,20 +125,13 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
       return;
     }
     const ConvAlgorithm algorithm = conv_algorithm<scalar_t>(g);
-    if (algorithm == ConvAlgorithm::kDepthwise) {
+    if (algorithm != ConvAlgorithm::kBatch) {  // both NCHW as it comes
       const at::Tensor xc = x.contiguous();
       y = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options());
-      depthwise_conv2d_forward<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                                         col_indices.data_ptr<int32_t>(), g, xc.data_ptr<scalar_t>(),
-                                         b.defined() ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
-      return;
-    }
-    if (algorithm == ConvAlgorithm::kPlane) {
-      const at::Tensor xc = x.contiguous();
-      y = at::empty({g.n, g.c_out, g.oh, g.ow}, x.options());
-      plane_conv2d_forward<scalar_t>(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(),
-                                     col_indices.data_ptr<int32_t>(), g, xc.data_ptr<scalar_t>(),
-                                     b.defined() ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+      const auto kernel = algorithm == ConvAlgorithm::kDepthwise ? depthwise_conv2d_forward<scalar_t>
+                                                                 : plane_conv2d_forward<scalar_t>;
+      kernel(v.data_ptr<scalar_t>(), row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), g,
+             xc.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
       return;
     }
     const at::Tensor xp = to_batch_innermost<scalar_t>(x, g.ph, g.pw);

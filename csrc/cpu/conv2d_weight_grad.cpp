@@ -107,17 +107,12 @@ at::Tensor csr_conv2d_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& 
       return;
     }
     const ConvAlgorithm algorithm = conv_algorithm<scalar_t>(g);
-    if (algorithm == ConvAlgorithm::kDepthwise) {
+    if (algorithm != ConvAlgorithm::kBatch) {  // both NCHW as it comes
       const at::Tensor xc = x.contiguous(), dy = grad.contiguous();
-      depthwise_conv2d_weight_grad<scalar_t>(row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), g,
-                                             dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
-                                             out.data_ptr<scalar_t>());
-      return;
-    }
-    if (algorithm == ConvAlgorithm::kPlane) {
-      const at::Tensor xc = x.contiguous(), dy = grad.contiguous();
-      plane_conv2d_weight_grad<scalar_t>(row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), g,
-                                         dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+      const auto kernel = algorithm == ConvAlgorithm::kDepthwise ? depthwise_conv2d_weight_grad<scalar_t>
+                                                                 : plane_conv2d_weight_grad<scalar_t>;
+      kernel(row_offsets.data_ptr<int32_t>(), col_indices.data_ptr<int32_t>(), g, dy.data_ptr<scalar_t>(),
+             xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
       return;
     }
     const int64_t np = batch_lanes<scalar_t>(g.n);

@@ -123,7 +123,7 @@ ConvAlgorithm conv_algorithm(const ConvGeometry& g) {
   const char* forced = std::getenv("SPARSEKERN_CONV_ALGORITHM");
   if (forced != nullptr && std::strcmp(forced, "batch") == 0) return ConvAlgorithm::kBatch;
   if (forced != nullptr && std::strcmp(forced, "plane") == 0) return ConvAlgorithm::kPlane;
-  if (depthwise_eligible(g)) return ConvAlgorithm::kDepthwise;
+  if (depthwise_eligible<T>(g)) return ConvAlgorithm::kDepthwise;
   const int64_t pixels = g.oh * g.ow;
   if (pixels >= 64) return ConvAlgorithm::kPlane;
   const int64_t pitch = (g.w + 2 * g.pw + g.sw - 1) / g.sw;

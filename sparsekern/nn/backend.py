@@ -88,44 +88,72 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     dense; the strided 128->256 1x1 on 8x8 outputs did, 1.04-2.12x, left to the fallback for want of a rule
 #     that tells the two apart).
 #   avx512, 2026-12-03, after the depthwise kernels (csrc/cpu/conv_depthwise.h) and the C++ conv autograd
-#     (`--shapes mobilenetv2 --sparsities 0.0,0.5,...,0.9 --candidates dense,sk_csr --repeats 9`): depthwise
-#     convs those kernels serve 1.10-2.23x dense at 0.5 on 16x16 to 4x4 maps (1.08-1.41x at 0 on 8x8 and
-#     16x16); 1x1 on 8x8 maps 0.98-1.26x at 0.9 (0.91-1.17x at 0.8), on 4x4 still 0.85x at 0.9; strided
-#     depthwise still 0.59-0.96x.
+#     (`--shapes mobilenetv2 --sparsities 0.0,0.5,...,0.9 --candidates dense,sk_csr --repeats 9`, and the
+#     full `--shapes resnet18` run of conv_cpu_xeon_resnet18.md): stride-1 depthwise convs on those kernels
+#     1.10-2.23x dense at 0.5 on 16x16 to 4x4 maps (1.08-1.41x at 0 on 8x8 and 16x16); strided ones (ad-hoc
+#     script, 55 steps, medians) 144-ch 3x3/s2 to 8x8 1.00x at 0.8, 1.21-1.32x at 0.9, 192-ch to 4x4
+#     0.90-0.95x at 0.9, 1.30x at 0.95; stride-1 1x1 on 8x8 maps 0.98-1.26x at 0.9 (0.91-1.17x at 0.8), on
+#     4x4 still 0.85x at 0.9; strided 1x1 (ResNet-18's downsamples) 1.17-1.87x at 0.5 on 16x16 and 8x8
+#     outputs, on 4x4 0.90x at 0.8 and 1.31x at 0.9.
 NEVER = 1.01  # a threshold above any sparsity: the dense fallback always
 
 CONV_MIN_SPARSITY = {
     "avx2": {
         "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),   # kernels larger than 1x1
-        "pointwise": ((64, 0.5), (1, 0.8)),               # 1x1
-        "depthwise": ((64, 0.5),),                        # stride 1 only; strided: never
-        "depthwise_kernels": ((64, 0.5),),                # measured with the plane kernels before these existed
+        "pointwise": ((64, 0.5), (1, 0.8)),               # 1x1, stride 1
+        "pointwise_strided": ((64, 0.5), (1, 0.8)),       # 1x1, strided (measured together with stride 1)
+        "depthwise": ((64, 0.5),),                        # stride 1, not on the depthwise kernels; strided: never
+        "depthwise_kernels": ((64, 0.5),),                # measured with the plane kernels, before these existed
+        "depthwise_strided_kernels": (),                  # not measured: never
     },
     "avx512": {
         "spatial": ((1024, 0.7), (256, 0.8), (1, 0.9)),
         "pointwise": ((256, 0.5), (64, 0.9)),
+        "pointwise_strided": ((64, 0.5), (16, 0.9)),
         "depthwise": ((256, 0.5),),
         "depthwise_kernels": ((1, 0.5),),
+        "depthwise_strided_kernels": ((64, 0.9), (16, 0.95)),
     },
 }
 
 
+def depthwise_kernels_serve(in_channels: int, out_channels: int, groups: int, input_size, output_size,
+                            kernel_size, stride, padding, dilation) -> bool:
+    """Whether the CPU depthwise kernels (csrc/cpu/conv_depthwise.h, depthwise_plan) serve a conv of this
+    geometry on an (H, W) input (after any padding the layer applies itself) with an (OH, OW) output: one input
+    channel per output channel, and at stride 1 the output the input's size, strided every stride phase a
+    kernel column reads no wider than the output."""
+    if not (groups == in_channels == out_channels) or min(*input_size, *output_size) < 1:
+        return False
+    if tuple(stride) == (1, 1):
+        return tuple(output_size) == tuple(input_size)
+    width, sw = input_size[1], stride[1]
+    for j in range(kernel_size[1]):
+        phase = (j * dilation[1] - padding[1]) % sw
+        if phase < width and -(-(width - phase) // sw) > output_size[1]:
+            return False
+    return True
+
+
 def conv_min_sparsity(kernel_size, stride, groups: int, in_channels: int, out_pixels: int,
-                      profile: str | None = None, *, out_channels: int | None = None,
-                      in_pixels: int | None = None) -> float:
+                      profile: str | None = None, *, depthwise_kernels: bool = False) -> float:
     """Smallest sparsity at which the compiled CPU conv kernels beat dense oneDNN in forward+backward, for a
     SparseConv2d whose output map has ``out_pixels`` pixels per sample, on ``profile`` (default: this
-    machine's); > 1 means never (dense always). A depthwise conv whose ``out_channels`` equal its input
-    channels and whose output keeps the (padded) input's ``in_pixels`` runs on the depthwise kernels
-    (csrc/cpu/conv_depthwise.h), which have their own crossover."""
+    machine's); > 1 means never (dense always). ``depthwise_kernels``: the layer runs on the depthwise kernels
+    (``depthwise_kernels_serve``), which have their own crossover."""
     table = CONV_MIN_SPARSITY[profile or cpu_profile()]
+    strided = tuple(stride) != (1, 1)
     if groups > 1 and in_channels == groups:
-        if tuple(stride) != (1, 1):
+        if depthwise_kernels:
+            steps = table["depthwise_strided_kernels" if strided else "depthwise_kernels"]
+        elif strided:
             return NEVER
-        own_kernels = out_channels == in_channels and in_pixels == out_pixels
-        steps = table["depthwise_kernels" if own_kernels else "depthwise"]
+        else:
+            steps = table["depthwise"]
+    elif kernel_size[0] * kernel_size[1] == 1:
+        steps = table["pointwise_strided" if strided else "pointwise"]
     else:
-        steps = table["pointwise" if kernel_size[0] * kernel_size[1] == 1 else "spatial"]
+        steps = table["spatial"]
     for min_pixels, threshold in steps:
         if out_pixels >= min_pixels:
             return threshold

@@ -29,7 +29,7 @@ from torch import nn
 from .. import _extension, _ops
 from ..layout import BSRLayout, CSRLayout
 from ..validation import LAYER_DTYPES, check_mask
-from .backend import check_backend, conv_min_sparsity, resolve_backend
+from .backend import check_backend, conv_min_sparsity, depthwise_kernels_serve, resolve_backend
 from .dense_fallback import DenseMaskedConv2d, prefers_functional_fallback
 from .kept_weights import LAYOUT_BUFFERS, KeptWeightsModule
 
@@ -151,14 +151,16 @@ class SparseConv2d(KeptWeightsModule):
         most conservative threshold)."""
         size = input_size if input_size is not None else self._last_input_size
         if size is None:
-            pixels = in_pixels = 16
+            pixels, own_kernels = 16, False
         else:
             extra = (0, 0) if self._input_pad is None else (self._input_pad[3], self._input_pad[1])
             padded = [s + e for s, e in zip(size, extra)]  # what the op sees
-            oh, ow = _ops.conv_output_size(padded, self.kernel_size, self.stride, self._op_padding, self.dilation)
-            pixels, in_pixels = oh * ow, padded[0] * padded[1]
+            out = _ops.conv_output_size(padded, self.kernel_size, self.stride, self._op_padding, self.dilation)
+            pixels = out[0] * out[1]
+            own_kernels = depthwise_kernels_serve(self.in_channels, self.out_channels, self.groups, padded, out,
+                                                  self.kernel_size, self.stride, self._op_padding, self.dilation)
         return conv_min_sparsity(self.kernel_size, self.stride, self.groups, self.in_channels, pixels,
-                                 out_channels=self.out_channels, in_pixels=in_pixels)
+                                 depthwise_kernels=own_kernels)
 
     def resolved_backend(self, device_type: str | None = None, input_size=None) -> str:
         """What ``backend`` means for this layer on ``device_type`` (default: where the weights are) and inputs
