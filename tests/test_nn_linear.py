@@ -18,7 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import (assert_error_budget, block_mask, exact_mask, mask_with_pruned_lines, oracle_mm,
                      train_beside_twin)
 from sparsekern import BSRLayout, CSRLayout, SparseLinear, _extension
-from sparsekern.nn.backend import CPU_PROFILES, cpu_min_sparsity, cpu_profile
+from sparsekern.nn.backend import CPU_PROFILES, SPARSITY_TOLERANCE, cpu_min_sparsity, cpu_profile
 
 F32, F64 = torch.float32, torch.float64
 LAYOUTS = ["csr", "bsr"]
@@ -514,7 +514,7 @@ def test_resolved_backend(layout, profile, monkeypatch):
     assert low.resolved_backend() == "dense"
     sparse = "sparse" if _extension.AVAILABLE else "dense"
     assert high.resolved_backend() == sparse
-    assert at.resolved_backend() == (sparse if at.sparsity >= threshold - 1e-4 else "dense")
+    assert at.resolved_backend() == (sparse if at.sparsity >= threshold - SPARSITY_TOLERANCE else "dense")
     for backend in BACKENDS:
         assert make_layer(layout, 24, 20, 0.5, backend).resolved_backend() == backend
     assert_matches_masked_linear(high, torch.randn(5, 24))

@@ -49,11 +49,13 @@ inline const T* readable_plane(const T* base, int64_t total, const T* plane, int
   return scratch + margin;
 }
 
-// Splits input plane x_plane (H, W) into the plan's stride phases, each on the output grid (pitch OW), in
-// `scratch` (plan.phase_scratch elements); returns the origin the forward offsets are relative to. Rows and
-// columns outside a phase are left as they are: every read of them is masked.
+// Splits input plane x_plane (H, W; the tensor ends at x_end) into the plan's stride phases, each on the
+// output grid (pitch OW), in `scratch` (plan.phase_scratch elements); returns the origin the forward offsets
+// are relative to. Rows and columns outside a phase are left as they are: every read of them is masked.
 template <typename T>
-const T* fill_phases(const T* x_plane, const ConvGeometry& g, const DepthwisePlan<T>& plan, T* scratch) {
+const T* fill_phases(const T* x_plane, const T* x_end, const ConvGeometry& g, const DepthwisePlan<T>& plan,
+                     T* scratch) {
+  constexpr int64_t L = Simd<T>::kLanes;
   T* origin = scratch + plan.phase_low;
   for (size_t k = 0; k < plan.phases.size(); ++k) {
     const auto& phase = plan.phases[k];
@@ -62,7 +64,12 @@ const T* fill_phases(const T* x_plane, const ConvGeometry& g, const DepthwisePla
     for (int64_t r = 0; r < rows; ++r) {
       const T* src = x_plane + (r * g.sh + phase.a) * g.w + phase.b;
       T* out = dst + r * g.ow;
-      if (g.sw == 2) {
+      if (g.sw == 2 && phase.cols <= L && src + 2 * L - 1 <= x_end) {
+        // A narrow row (MobileNetV2's 4-8 columns) in one shuffle, reading past it within the tensor and
+        // writing a whole vector: the lanes past the row land where later rows and phases are written next
+        // (or in the scratch's last vector), and the phase's own columns past `cols` are never read unmasked.
+        Simd<T>::store(out, Simd<T>::load_even(src));
+      } else if (g.sw == 2) {
         copy_every_other(src, phase.cols, out);  // conv_plane.h: reads src[0 .. 2·cols − 2] only
       } else {
         for (int64_t c = 0; c < phase.cols; ++c) out[c] = src[c * g.sw];
@@ -145,7 +152,7 @@ void depthwise_conv2d_forward(const T* values, const int32_t* offsets, const int
     }
     const T* plane = x + p * in_pixels;
     const T* in = plan.in_place ? readable_plane(x, total, plane, in_pixels, plan.input_margin, scratch)
-                                : fill_phases(plane, g, plan, scratch);
+                                : fill_phases(plane, x + total, g, plan, scratch);
     convolve_plane(taps.weight.data() + begin, taps.offset.data() + begin, taps.mask.data() + begin, end - begin,
                    plan.vectors, plan.grid, in, init, out, false);
     };
@@ -244,7 +251,7 @@ void depthwise_conv2d_weight_grad(const int32_t* offsets, const int32_t* cols, c
           const int64_t p = n * g.c_in + c;
           const T* xp = plan.in_place
                             ? readable_plane(x, x_total, x + p * in_pixels, in_pixels, plan.input_margin, x_scratch)
-                            : fill_phases(x + p * in_pixels, g, plan, x_scratch);
+                            : fill_phases(x + p * in_pixels, x + x_total, g, plan, x_scratch);
           const T* dyp = readable_plane(dy, dy_total, dy + p * plan.grid, plan.grid, plan.grad_margin, dy_scratch);
           V acc[kGroup];
 #pragma GCC unroll 9
