@@ -80,8 +80,8 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     fallback measured 0.89-0.9x; stride-1 depthwise on >= 8x8: 1.4-1.8x at 0.5). Strided depthwise
 #     convs never beat dense (0.4-1.0x).
 #   avx512 (Xeon with AVX-512 and AMX, 2026-12-02; derived from conv_cpu_xeon_*_freed_returned.md, checked
-#     again with freed memory kept, against the faster dense of conv_cpu_xeon_resnet18.md and
-#     conv_cpu_xeon_vgg16_mobilenetv2.md): 3x3 from 0.7 on >= 32x32 maps (0.97-1.00x there with the faster
+#     again with freed memory kept, against the faster dense of conv_cpu_xeon_resnet18_20261202.md and
+#     conv_cpu_xeon_vgg16_mobilenetv2_20261202.md): 3x3 from 0.7 on >= 32x32 maps (0.97-1.00x there with the faster
 #     dense, 2.1x on 3 input channels), 0.8 on >= 16x16 (1.00-1.29x), 0.9 below (1.45-1.72x; at 0.8:
 #     0.72-0.85x on 8x8 to 2x2 maps); 1x1 and stride-1 depthwise from 0.5 on >= 16x16 maps (1.10-1.63x),
 #     never below (the MobileNetV2 projections and depthwise convs on 8x8 and 4x4 maps never stayed ahead of
@@ -95,7 +95,7 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     0.90-0.95x at 0.9, 1.30x at 0.95; stride-1 1x1 on 8x8 maps 0.98-1.26x at 0.9 (0.91-1.17x at 0.8), on
 #     4x4 still 0.85x at 0.9; strided 1x1 (ResNet-18's downsamples) 1.17-1.87x at 0.5 on 16x16 and 8x8
 #     outputs, on 4x4 0.90x at 0.8 and 1.31x at 0.9. Where neither side reaches 0.95x (small MobileNetV2
-#     layers, 1-3 ms per step, where the fallback ran 0.79-0.94x in conv_cpu_xeon_vgg16_mobilenetv2.md), the
+#     layers, 1-3 ms per step, where the fallback ran 0.77-0.94x in conv_cpu_xeon_vgg16_mobilenetv2.md), the
 #     threshold is where sparse beats the fallback: 1x1 on 8x8 from 0.8 (0.87-1.14x against 0.81-0.94x), on
 #     4x4 from 0.95 (0.91-1.00x against 0.86-0.94x); strided depthwise on 4x4 outputs from 0.9 (0.97x
 #     against 0.79x). After the row-shuffle phase split (conv_cpu_xeon_vgg16_mobilenetv2.md, 2026-12-03):
