@@ -16,7 +16,6 @@ namespace {
 
 struct InputPlaneTag {};
 struct GradPlaneTag {};
-struct PhaseTag {};
 struct PhaseGridTag {};
 
 template <typename T>
@@ -143,18 +142,18 @@ void depthwise_conv2d_forward(const T* values, const int32_t* offsets, const int
   for_each_plane(g, plan.grid, [&] {
     T* scratch = scratch_buffer<T, InputPlaneTag>(scratch_size);
     return [&, scratch](int64_t p, int64_t c) {
-    const int64_t begin = offsets[c], end = offsets[c + 1];
-    const T init = bias ? bias[c] : T(0);
-    T* out = y + p * plan.grid;
-    if (begin == end) {
-      std::fill(out, out + plan.grid, init);
-      return;
-    }
-    const T* plane = x + p * in_pixels;
-    const T* in = plan.in_place ? readable_plane(x, total, plane, in_pixels, plan.input_margin, scratch)
-                                : fill_phases(plane, x + total, g, plan, scratch);
-    convolve_plane(taps.weight.data() + begin, taps.offset.data() + begin, taps.mask.data() + begin, end - begin,
-                   plan.vectors, plan.grid, in, init, out, false);
+      const int64_t begin = offsets[c], end = offsets[c + 1];
+      const T init = bias ? bias[c] : T(0);
+      T* out = y + p * plan.grid;
+      if (begin == end) {
+        std::fill(out, out + plan.grid, init);
+        return;
+      }
+      const T* plane = x + p * in_pixels;
+      const T* in = plan.in_place ? readable_plane(x, total, plane, in_pixels, plan.input_margin, scratch)
+                                  : fill_phases(plane, x + total, g, plan, scratch);
+      convolve_plane(taps.weight.data() + begin, taps.offset.data() + begin, taps.mask.data() + begin, end - begin,
+                     plan.vectors, plan.grid, in, init, out, false);
     };
   });
 }

@@ -70,7 +70,7 @@ struct DepthwisePlan {
   int64_t grad_margin = 0;  // reach of the dy reads around a dy plane
 };
 
-// floor(u / s) and u − s·floor(u / s) for s >= 1.
+// floor(u / s) for s >= 1 (C++ division truncates toward zero).
 inline int64_t floor_div(int64_t u, int64_t s) { return u >= 0 ? u / s : -((-u + s - 1) / s); }
 
 // The plan of geometry g; with_tables = false stops after deciding `eligible` (what conv_algorithm asks).
