@@ -18,7 +18,8 @@ from torch.autograd import gradcheck, gradgradcheck
 from helpers import (assert_error_budget, block_mask, exact_mask, mask_with_pruned_lines, oracle_mm,
                      train_beside_twin)
 from sparsekern import BSRLayout, CSRLayout, SparseLinear, _extension
-from sparsekern.nn.backend import CPU_PROFILES, SPARSITY_TOLERANCE, cpu_min_sparsity, cpu_profile
+from sparsekern.nn.backend import (CPU_PROFILES, SPARSITY_TOLERANCE, _cpu_vendor, cpu_min_sparsity, cpu_profile,
+                                   detect_cpu_profile)
 
 F32, F64 = torch.float32, torch.float64
 LAYOUTS = ["csr", "bsr"]
@@ -562,11 +563,16 @@ def test_from_dense_and_to_dense_draw_no_random_numbers(layout):
 
 
 def test_cpu_profile_detection_and_override(monkeypatch):
-    """The crossover table follows torch's CPU capability unless SPARSEKERN_CPU_PROFILE names one; a wrong
-    name is an error that says what is allowed, not a silent fallback."""
+    """The crossover table follows torch's CPU capability and the CPU's vendor unless SPARSEKERN_CPU_PROFILE
+    names one; a wrong name is an error that says what is allowed, not a silent fallback."""
     monkeypatch.delenv("SPARSEKERN_CPU_PROFILE", raising=False)
     detected = cpu_profile()
-    assert detected == ("avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert detected == detect_cpu_profile(capability, _cpu_vendor())
+    assert detect_cpu_profile("AVX512", "GenuineIntel") == "avx512"
+    assert detect_cpu_profile("AVX512", "AuthenticAMD") == "avx512_amd"
+    assert detect_cpu_profile("AVX512", "") == "avx512"  # vendor unreadable: the Intel-measured table
+    assert detect_cpu_profile("AVX2", "AuthenticAMD") == detect_cpu_profile("DEFAULT", "GenuineIntel") == "avx2"
     for profile in CPU_PROFILES:
         monkeypatch.setenv("SPARSEKERN_CPU_PROFILE", profile)
         assert cpu_profile() == profile

@@ -301,3 +301,24 @@ def test_tost_on_a_model_of_the_zoo_ends_as_the_plain_sparse_model():
     plain = sparsekern.sparsify(sparsekern.models.create("resnet20", input_size=8, in_channels=1), masks).eval()
     plain.load_state_dict(final.state_dict())
     assert torch.equal(plain(x), final(x))
+
+
+def test_tost_runs_gradinit_on_the_masked_network_before_the_ghosts(monkeypatch):
+    """GradInit sees the sparse network that remains after the ghosts fade (no ghost skip, plain ReLUs), with
+    its default plain cross-entropy, and the ghosts are added after it."""
+    from sparsekern.recipe import init as sparse_init
+
+    seen = {}
+
+    def record(model, data, **options):
+        seen["skips"] = count_ghost_skips(model)
+        seen["ghost_neurons"] = any(isinstance(m, GhostActivation) for m in model.modules())
+        seen["options"] = options
+        return {}
+
+    monkeypatch.setattr(sparse_init, "gradinit_", record)
+    model = _net()
+    recipe = ToST("tost", gradinit_options={"iterations": 3})
+    model = recipe.prepare(model, _masks(model), data=[(torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,)))])
+    assert seen == {"skips": 0, "ghost_neurons": False, "options": {"iterations": 3}}
+    assert count_ghost_skips(model) == 4 and any(isinstance(m, GhostActivation) for m in model.modules())

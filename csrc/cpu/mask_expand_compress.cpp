@@ -4,9 +4,9 @@
 //   mask_compress(dense, row_offsets, mask) -> dense[mask] in row-major order
 //
 // The dense fallback's per-step hot path (refill the dense weight, gather the weight gradient). With
-// AVX-512 one expand-load / compress-store moves 16 floats under a 16-bit mask, with AVX2 a table-driven
-// permute moves 8, instead of one indexed store or load per kept value; row_offsets tell each thread where
-// its rows' values start.
+// AVX-512 one expand-load / compress (register form, then a masked store) moves 16 floats under a 16-bit
+// mask, with AVX2 a table-driven permute moves 8, instead of one indexed store or load per kept value;
+// row_offsets tell each thread where its rows' values start.
 //
 // A mask and row_offsets that disagree must raise, not read or write past a row: each row kernel checks
 // its bound as it goes (per SIMD step, per element in the scalar loop; cheaper than a separate counting
@@ -136,7 +136,11 @@ inline bool compress_row(const T* src, const bool* keep, int64_t n, T* dst, cons
       const __mmask16 m = keep_bits(keep + j);
       const unsigned count = _mm_popcnt_u32(m);
       if (dst + count > dst_end) return false;
-      _mm512_mask_compressstoreu_ps(dst, m, _mm512_loadu_ps(src + j));
+      // Compress in a register, then store the first `count` lanes: the memory form of VPCOMPRESSPS is
+      // microcoded on AMD Zen 4 (3.1 ms for a 4096x1024 weight at 50 % there, against 0.36 ms for the
+      // expand-load of the same mask); the register form and a masked store are fast on Intel and AMD alike.
+      const __mmask16 head = static_cast<__mmask16>((1u << count) - 1u);  // count <= 16: no overflow in 32 bits
+      _mm512_mask_storeu_ps(dst, head, _mm512_maskz_compress_ps(m, _mm512_loadu_ps(src + j)));
       dst += count;
     }
   }

@@ -20,21 +20,41 @@ BACKENDS = ("auto", "sparse", "dense")
 # Where the sparse CPU kernels start to beat dense MKL/oneDNN depends on the machine: on a 2-core AVX-512
 # Xeon dense oneDNN convolutions ran 2-3x faster than on a 2-core AVX2 EPYC, the sparse kernels far less, so
 # the same 3x3 layer that beat dense from 60 % sparsity on the EPYC needed 70-90 % on the Xeon (the EPYC's
-# table there ran "auto" at 0.75-0.93x dense). One table per instruction-set profile, each measured on one
-# machine of that kind; SPARSEKERN_CPU_PROFILE=avx2|avx512 picks one by hand.
-CPU_PROFILES = ("avx2", "avx512")
+# table there ran "auto" at 0.75-0.93x dense). AVX-512 alone does not settle it: on a 2-core AMD EPYC with
+# AVX-512 (Zen 4) dense MKL/oneDNN ran 2-3x slower than on the Xeon, and the crossovers sat 0.1-0.2 lower.
+# One table per profile, each measured on one machine of that kind; SPARSEKERN_CPU_PROFILE picks one by hand.
+CPU_PROFILES = ("avx2", "avx512", "avx512_amd")
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD"), from /proc/cpuinfo; "" where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def detect_cpu_profile(capability: str, vendor: str) -> str:
+    """The profile for a machine whose torch CPU capability is ``capability`` and vendor is ``vendor``."""
+    if capability != "AVX512":
+        return "avx2"
+    return "avx512_amd" if vendor == "AuthenticAMD" else "avx512"
 
 
 @functools.lru_cache(maxsize=None)
 def _detected_cpu_profile() -> str:
-    return "avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2"
+    return detect_cpu_profile(torch.backends.cpu.get_cpu_capability(), _cpu_vendor())
 
 
 @torch.compiler.assume_constant_result  # compiled graphs bake the table in: no graph break on os.environ
 def cpu_profile() -> str:
-    """Which measured crossover table serves this machine: "avx512" where torch's CPU kernels use AVX-512,
-    else "avx2" (also for machines without AVX2: nothing was measured there). ``SPARSEKERN_CPU_PROFILE``
-    overrides the detection."""
+    """Which measured crossover table serves this machine: "avx512_amd" where torch's CPU kernels use AVX-512
+    on an AMD CPU, "avx512" where they do on another (measured on Intel Xeon), else "avx2" (also for machines
+    without AVX2: nothing was measured there). ``SPARSEKERN_CPU_PROFILE`` overrides the detection."""
     forced = os.environ.get("SPARSEKERN_CPU_PROFILE")
     if forced:
         if forced not in CPU_PROFILES:
@@ -50,9 +70,13 @@ def cpu_profile() -> str:
 #     0.89-1.09x at 0.7 (the dense fallback runs at 0.85-0.98x); 16x16 BSR 0.82-1.17x at 0.65, 0.95-1.35x at 0.7.
 #   avx512 (Xeon with AVX-512 and AMX, crossover_cpu_xeon.md): the same 0.7 for both; CSR 0.82-0.85x dense
 #     at 0.6 and 1.08-1.13x at 0.7, 16x16 BSR 0.76-1.14x at 0.6 and 1.00-1.50x at 0.7.
+#   avx512_amd (AMD EPYC Zen 4, crossover_cpu_epyc_zen4.md): CSR 0.85-1.20x dense at 0.5 (the dense fallback
+#     0.84-0.98x there, slower on every shape), 1.11-1.48x at 0.6; 16x16 BSR 0.97-1.12x at 0.5 (fallback
+#     0.88-1.00x), 1.18-1.41x at 0.6; at 0.4 the fallback is the faster of the two on every shape.
 LINEAR_MIN_SPARSITY = {
     "avx2": {"csr": 0.70, "bsr": 0.70},
     "avx512": {"csr": 0.70, "bsr": 0.70},
+    "avx512_amd": {"csr": 0.50, "bsr": 0.50},
 }
 
 # The same on CUDA, per layout kind: empty until measured on a GPU (`python -m benchmarks.gpu_linear`, run by
@@ -120,6 +144,14 @@ CONV_MIN_SPARSITY = {
         "spatial": ((1024, 0.7), (256, 0.8), (1, 0.9)),
         "pointwise": ((256, 0.5), (64, 0.8), (16, 0.95)),
         "pointwise_strided": ((64, 0.5), (16, 0.9)),
+        "depthwise": ((256, 0.5),),
+        "depthwise_kernels": ((1, 0.5),),
+        "depthwise_strided_kernels": ((64, 0.5), (16, 0.9)),
+    },
+    "avx512_amd": {
+        "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),
+        "pointwise": ((256, 0.5), (64, 0.8), (16, 0.95)),
+        "pointwise_strided": ((64, 0.5), (1, 0.8)),
         "depthwise": ((256, 0.5),),
         "depthwise_kernels": ((1, 0.5),),
         "depthwise_strided_kernels": ((64, 0.5), (16, 0.9)),

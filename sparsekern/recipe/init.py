@@ -20,8 +20,12 @@ Better with Any Mask" (Jaiswal et al., ICML 2022) uses for its "LRsI" initialisa
 
     g = ∇_θ L(θ; B₁)                                  (kept in the graph: create_graph=True)
     objective = ‖g‖₂                                  if ‖g‖₂ > γ   (first bring the gradient norm under γ)
-              = L(θ − η · g / ‖g‖₂; B₂)               otherwise     (the loss after one normalised SGD step)
+              = L(θ − η · sg[g / ‖g‖₂]; B₂)           otherwise     (the loss after one normalised SGD step)
     s ← Adam step on ∇_s objective,  then  s ← max(s, min_scale)
+
+``sg`` (stop-gradient): the step's direction is a constant in the loss branch, as in the official GradInit
+and ToST code, which take the step with the gradient detached; only ``θ = s ⊙ θ₀`` carries ``∂/∂s``
+there. (Differentiating through the direction as well is a second-order method neither paper uses.)
 
 and at the end every parameter is multiplied by its scale, in place. ``γ`` is ``gradient_norm_bound``,
 ``η`` is ``step_size``. As in the official GradInit code, normalisation layers' affine parameters (BatchNorm's
@@ -257,9 +261,11 @@ def gradinit_(model: nn.Module, data: Iterable, *, iterations: int = 180, lr: fl
             if grad_norm.item() > gradient_norm_bound:
                 objective = grad_norm
             else:
-                # θ − η g/‖g‖ (a zero gradient takes no step rather than dividing by zero)
+                # θ − η sg[g/‖g‖]: the direction detached, as the official code steps (the module docstring);
+                # a zero gradient takes no step rather than dividing by zero.
                 denominator = grad_norm.clamp(min=torch.finfo(grad_norm.dtype).tiny)
-                stepped = {name: t - step_size * g / denominator for (name, t), g in zip(theta.items(), grads)}
+                stepped = {name: t - step_size * (g / denominator).detach()
+                           for (name, t), g in zip(theta.items(), grads)}
                 objective = loss_fn(functional_call(model, (stepped, stats), (x2,)), y2)
             # autograd.grad, not backward(): only the scales get gradients, never the model's parameters.
             scale_grads = torch.autograd.grad(objective, list(scales.values()), allow_unused=True)
