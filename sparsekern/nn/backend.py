@@ -124,6 +124,13 @@ def cpu_min_sparsity(layout_kind: str, profile: str | None = None) -> float:
 #     4x4 from 0.95 (0.91-1.00x against 0.86-0.94x); strided depthwise on 4x4 outputs from 0.9 (0.97x
 #     against 0.79x). After the row-shuffle phase split (conv_cpu_xeon_vgg16_mobilenetv2.md, 2026-12-03):
 #     strided depthwise on 8x8 outputs 1.01-1.11x from 0.5, so sparse from 0.5 there.
+#   avx512_amd (AMD EPYC Zen 4 with AVX-512, 2026-12-03; conv_cpu_epyc_zen4_resnet18.md and
+#     conv_cpu_epyc_zen4_mobilenetv2_7b5f049.md): 3x3 from 0.6 on >= 32x32 output maps (1.12x there; 0.98x for the
+#     strided 64->128 at 0.6, 1.27x at 0.7), 0.7 on >= 16x16 (1.20x; 0.93x at 0.6), 0.8 below (1.05-1.40x;
+#     0.70-0.88x at 0.7), the AVX2 EPYC's thresholds; strided 1x1 from 0.5 on >= 8x8 outputs (1.23-1.76x),
+#     0.8 on 4x4 (1.20x; 0.93x at 0.7); stride-1 1x1 from 0.5 on >= 8x8 maps (0.98-1.50x), 0.95 on 4x4
+#     (1.24x; 0.42-0.93x below); depthwise on its kernels from 0.5 at stride 1 (1.15-2.34x on 16x16 to 4x4
+#     maps) and strided to 8x8 outputs (1.30x), strided to 4x4 from 0.95 (1.69x; 0.59-0.88x below).
 NEVER = 1.01  # a threshold above any sparsity: the dense fallback always
 
 # A mask built for sparsity s keeps round((1-s)·n) weights, so its exact sparsity can fall a hair below s
@@ -150,11 +157,11 @@ CONV_MIN_SPARSITY = {
     },
     "avx512_amd": {
         "spatial": ((1024, 0.6), (256, 0.7), (1, 0.8)),
-        "pointwise": ((256, 0.5), (64, 0.8), (16, 0.95)),
+        "pointwise": ((64, 0.5), (16, 0.95)),
         "pointwise_strided": ((64, 0.5), (1, 0.8)),
-        "depthwise": ((256, 0.5),),
+        "depthwise": ((256, 0.5),),                       # not measured (the depthwise kernels serve these)
         "depthwise_kernels": ((1, 0.5),),
-        "depthwise_strided_kernels": ((64, 0.5), (16, 0.9)),
+        "depthwise_strided_kernels": ((64, 0.5), (16, 0.95)),
     },
 }
 
