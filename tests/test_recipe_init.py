@@ -225,6 +225,7 @@ def _step_directions(model: nn.Module, batch) -> list[torch.Tensor]:
 def _post_step_loss(model: nn.Module, pairs, step_size: float, directions=None) -> float:
     """Mean over (batch 1, batch 2) pairs of L(θ − η d; batch 2) in train mode, d = g / ‖g‖₂ with
     g = ∇L(θ; batch 1), or the given ``directions`` (one pair only)."""
+    assert directions is None or len(pairs) == 1, "fixed directions belong to one batch pair"
     model = copy.deepcopy(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
     total = 0.0
@@ -305,6 +306,33 @@ def test_gradinit_hypergradient_sign_matches_finite_differences():
         if abs(derivative) > 1e-4:
             assert scales[name] == pytest.approx(1 - lr * math.copysign(1, derivative), abs=1e-3 * lr), name
             checked += 1
+    assert checked >= 4, scales
+
+
+def test_gradinit_hypergradient_matches_finite_differences_of_the_first_order_objective(monkeypatch):
+    """With SGD in place of Adam one step moves each scale by −lr · ∂objective/∂s, so the size of the
+    hypergradient shows, not only its sign: it must be the central difference of L(s·θ − η·d; B₂) with the
+    direction d held fixed (the official first-order step). Differentiating through d as well (second order)
+    gives values 1-60 % off on this model, far outside the tolerance."""
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: torch.optim.SGD(params, lr=lr))
+    model = _sparse_mlp(dtype=torch.float64)
+    (b1, b2), = _pairs(_batches(2, seed=4, dtype=torch.float64))
+    lr, step_size, h = 0.1, 0.5, 1e-5
+    scales = gradinit_(copy.deepcopy(model), [b1, b2], iterations=1, lr=lr, step_size=step_size,
+                       gradient_norm_bound=100, min_scale=1e-6)["scales"]
+    directions = _step_directions(model, b1)
+    checked = 0
+    for name, scale in scales.items():
+        losses = []
+        for factor in (1 + h, 1 - h):
+            scaled = copy.deepcopy(model)
+            with torch.no_grad():
+                dict(scaled.named_parameters())[name].mul_(factor)
+            losses.append(_post_step_loss(scaled, [(b1, b2)], step_size, directions))
+        derivative = (losses[0] - losses[1]) / (2 * h)
+        hypergradient = (1 - scale) / lr
+        assert hypergradient == pytest.approx(derivative, rel=1e-4, abs=1e-9), name
+        checked += abs(derivative) > 1e-4
     assert checked >= 4, scales
 
 

@@ -3,7 +3,7 @@
 It skips nothing; it exists because below the crossover sparsity a dense GEMM is faster than the sparse
 kernels. What it must not do is cost much more than a plain dense layer, so the dense weight lives in a
 persistent buffer refilled from the kept values with AVX-512 expand-loads, and the weight gradient is
-gathered back with compress-stores (``mask_expand_`` / ``mask_compress``). A fresh 16 MB weight per step
+gathered back with AVX-512 compresses (``mask_expand_`` / ``mask_compress``). A fresh 16 MB weight per step
 plus scalar scatter/gather cost 20-25% of a 2048x2048 training step here (page faults, indexed stores).
 
 Correctness: the buffer is refilled on every forward (a version counter would miss writes through
@@ -81,7 +81,7 @@ class DenseMaskedLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, values, weight, row_offsets, col_indices, mask = ctx.saved_tensors
         # create_graph=True (double backward) needs every step differentiable: the weight as a function of
-        # values, and the differentiable gather; otherwise the fast buffer and compress-stores.
+        # values, and the differentiable gather; otherwise the fast buffer and the compressing gather.
         double_backward = torch.is_grad_enabled()
         if double_backward:
             weight = _ops.csr_to_dense(values, row_offsets, col_indices, weight.shape[1])

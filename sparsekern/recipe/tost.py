@@ -3,7 +3,7 @@ ghost soft neurons, ghost skip connections, a sparsity-aware initialisation and 
 over any model and any mask, each part switchable so an ablation is one flag.
 
     recipe = ToST("tost")                       # or "paper-code", "none", or switches: ToST(ghost_skips=False)
-    model = recipe.prepare(model, masks, data)  # sparsify with the masks, add ghosts, initialise
+    model = recipe.prepare(model, masks, data)  # sparsify with the masks, initialise, add the ghosts
     for it in range(iterations):
         if recipe.step(it / iterations):        # schedules; faded ghosts are removed, and then
             drop_removed_parameters(optimizer, model)   # the optimizer lets go of their parameters
@@ -84,8 +84,9 @@ class ToST:
 
     # ------------------------------------------------------------------------------------------- setup
     def prepare(self, model: nn.Module, masks: dict | None = None, data=None) -> nn.Module:
-        """Apply the masks (``sparsify``), add the ghosts at their starting α, and run the init; returns
-        the model to train (the same object, modified in place, unless ``model`` itself is replaced)."""
+        """Apply the masks (``sparsify``), run the init on the masked network, and add the ghosts at their
+        starting α; returns the model to train (the same object, modified in place, unless ``model`` itself
+        is replaced)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         c = self.config
@@ -101,6 +102,8 @@ class ToST:
             # official LRsI initialises the plain masked network, which has no ghosts), and with the dense
             # ghost paths in place GradInit mostly spent its steps bounding their gradient norm (‖g‖ 6.4 vs
             # 1.4 without them on digits at 98 %). Plain cross-entropy, as the official GradInit step uses.
+            # The same order for "paper-code", whose ghosts never fade: its scales then fit the plain masked
+            # network rather than the one it trains, as the official LRsI scripts (which have no ghosts) do.
             from . import init as sparse_init  # GradInit pulls in torch.func; only when used
 
             if c.init == "fan_in":
